@@ -38,6 +38,14 @@ if(KVWIRE_SANITIZE)
   target_link_options(kvwire_build_flags INTERFACE -fsanitize=${KVWIRE_SANITIZE})
 endif()
 
+if(KVWIRE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "KVWIRE_FUZZ=ON needs clang (libFuzzer); configure with CXX=clang++-14")
+  endif()
+  # Coverage instrumentation for every kvwire library the fuzz targets link.
+  target_compile_options(kvwire_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
+endif()
+
 find_program(KVWIRE_CCACHE ccache)
 if(KVWIRE_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_C_COMPILER_LAUNCHER ${KVWIRE_CCACHE})
