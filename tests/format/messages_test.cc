@@ -186,7 +186,8 @@ INSTANTIATE_TEST_SUITE_P(AllDTypes, LayerCodecTest,
 
 TEST(LayerCodec, Fp16VotesRoundTripWithinHalfPrecision) {
   const LayerData data = MakeLayer(DType::kF16, {9}, 0, 8, DType::kF16);
-  auto view = DecodeLayer(Encode(data), Limits{});
+  const std::vector<uint8_t> payload = Encode(data);  // The view points into it.
+  auto view = DecodeLayer(payload, Limits{});
   ASSERT_TRUE(view.ok());
   std::vector<int32_t> pos(9);
   std::vector<float> votes(9), k(72), v(72);
@@ -240,7 +241,8 @@ TEST(LayerCodec, EncoderRejectsInconsistentLayout) {
 TEST(LayerCodec, NonFiniteLogVoteIsDataLoss) {
   LayerData data = MakeLayer(DType::kF16, {3}, 0, 8);
   data.votes[0][1] = -INFINITY;
-  auto view = DecodeLayer(Encode(data), Limits{});
+  const std::vector<uint8_t> payload = Encode(data);
+  auto view = DecodeLayer(payload, Limits{});
   ASSERT_TRUE(view.ok());
   std::vector<int32_t> pos(3);
   std::vector<float> votes(3), k(24), v(24);
