@@ -1,0 +1,50 @@
+#include "kvwire/compress/spec.h"
+
+#include <gtest/gtest.h>
+
+namespace kvwire::compress {
+namespace {
+
+TEST(CompressionSpec, ParsesAndPrintsEveryCombination) {
+  for (const char* text : {"window/uniform", "h2o/adaptive", "snapkv/uniform/merge",
+                           "defensive+critical/adaptive/merge", "snapkv+critical/global/merge:zip",
+                           "defensive/global"}) {
+    auto spec = CompressionSpec::Parse(text);
+    ASSERT_TRUE(spec.ok()) << text << ": " << spec.status();
+    EXPECT_EQ(spec->ToString(), text);
+  }
+  auto guarded = CompressionSpec::Parse("snapkv/adaptive/merge:guarded");
+  ASSERT_TRUE(guarded.ok());
+  EXPECT_EQ(guarded->merge, MergeMode::kGuarded);
+}
+
+TEST(CompressionSpec, RejectsUnknownPartsWithClearMessages) {
+  for (const char* text : {"", "snapkv", "snapkv/", "magic/uniform", "snapkv+fast/uniform",
+                           "snapkv/greedy", "snapkv/uniform/squash", "a/b/c/d"}) {
+    auto spec = CompressionSpec::Parse(text);
+    ASSERT_FALSE(spec.ok()) << text;
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(spec.status().message().find("expected SCORER"), absl::string_view::npos);
+  }
+}
+
+TEST(CompressionSpec, QueryRowsFollowTheScorer) {
+  CompressionSpec s = *CompressionSpec::Parse("snapkv/uniform");
+  EXPECT_EQ(s.QueryRows(1000), 32);
+  EXPECT_EQ(s.QueryRows(10), 10);
+  s.scorer = ScorerKind::kH2O;
+  EXPECT_EQ(s.QueryRows(1000), 1000);
+}
+
+TEST(CompressionSpec, ValidatesParameters) {
+  CompressionSpec s;
+  s.pool_kernel = 4;
+  EXPECT_FALSE(s.Validate().ok());
+  s = CompressionSpec{};
+  s.merge_threshold = 2;
+  EXPECT_FALSE(s.Validate().ok());
+  EXPECT_TRUE(CompressionSpec{}.Validate().ok());
+}
+
+}  // namespace
+}  // namespace kvwire::compress
