@@ -17,21 +17,30 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kRowBlock = 64;  // query rows per sgemm block: bounds scratch to 64 x n floats
 
-// Per-thread partial sums of AttentionStats over a subset of query rows.
+// Per-thread partial sums of AttentionStats over a subset of query rows. The unmasked log-mean-exp
+// is kept as sum_r exp(z_ri - shift) with one shift for all columns (the largest row maximum
+// seen), so each logit costs a single exp.
 struct StatsAccumulator {
-  explicit StatsAccumulator(int64_t n)
-      : mean(n, 0.0f), max(n, 0.0f), sum(n, 0.0f), lse_max(n, kNegInf), lse_sum(n, 0.0f) {}
-  std::vector<float> mean, max, sum, lse_max, lse_sum;
+  explicit StatsAccumulator(int64_t n) : mean(n, 0.0f), max(n, 0.0f), sum(n, 0.0f), lse(n, 0.0) {}
+  std::vector<float> mean, max, sum;
+  std::vector<double> lse;
+  float shift = kNegInf;
 
-  void Merge(const StatsAccumulator& o) {
+  void Rescale(float new_shift) {
+    if (shift != kNegInf) {
+      const double f = std::exp(static_cast<double>(shift) - new_shift);
+      for (double& x : lse) x *= f;
+    }
+    shift = new_shift;
+  }
+  void Merge(StatsAccumulator& o) {
+    if (o.shift > shift) Rescale(o.shift);
+    const double f = o.shift == kNegInf ? 0.0 : std::exp(static_cast<double>(o.shift) - shift);
     for (size_t i = 0; i < mean.size(); ++i) {
       mean[i] += o.mean[i];
       max[i] = std::max(max[i], o.max[i]);
       sum[i] += o.sum[i];
-      const float m = std::max(lse_max[i], o.lse_max[i]);
-      if (m == kNegInf) continue;
-      lse_sum[i] = lse_sum[i] * std::exp(lse_max[i] - m) + o.lse_sum[i] * std::exp(o.lse_max[i] - m);
-      lse_max[i] = m;
+      lse[i] += o.lse[i] * f;
     }
   }
 };
@@ -58,26 +67,22 @@ void Logits(const float* rows, int64_t r0, int64_t r1, const StridedRows& keys, 
               static_cast<int>(keys.stride), 0.0f, z, static_cast<int>(keys.n));
 }
 
-void AccumulateRow(const float* z, int64_t n, int32_t query_pos, const int32_t* key_pos,
-                   float inv_rows, float inv_group, StatsAccumulator& acc) {
-  float m = kNegInf;
+// Overwrites z with exp(z - max z) and folds the row into the accumulator.
+void AccumulateRow(float* z, int64_t n, int32_t query_pos, const int32_t* key_pos, float inv_rows,
+                   float inv_group, StatsAccumulator& acc) {
+  const float m = *std::max_element(z, z + n);
+  if (m > acc.shift) acc.Rescale(m);
+  double visible = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (key_pos[i] <= query_pos) m = std::max(m, z[i]);
-    if (z[i] > acc.lse_max[i]) {
-      acc.lse_sum[i] = acc.lse_sum[i] * std::exp(acc.lse_max[i] - z[i]) + 1.0f;
-      acc.lse_max[i] = z[i];
-    } else {
-      acc.lse_sum[i] += std::exp(z[i] - acc.lse_max[i]);
-    }
+    z[i] = std::exp(z[i] - m);
+    if (key_pos[i] <= query_pos) visible += z[i];
   }
-  if (m == kNegInf) return;  // This query sees none of these keys.
-  double denom = 0;
+  const double to_shift = std::exp(static_cast<double>(m) - acc.shift);
+  for (int64_t i = 0; i < n; ++i) acc.lse[i] += z[i] * to_shift;
+  if (visible == 0) return;  // This query sees none of these keys.
+  const auto inv = static_cast<float>(1.0 / visible);
   for (int64_t i = 0; i < n; ++i) {
-    if (key_pos[i] <= query_pos) denom += std::exp(z[i] - m);
-  }
-  const float inv = static_cast<float>(1.0 / denom);
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = key_pos[i] <= query_pos ? std::exp(z[i] - m) * inv : 0.0f;
+    const float a = key_pos[i] <= query_pos ? z[i] * inv : 0.0f;
     acc.mean[i] += a * inv_rows;
     acc.max[i] = std::max(acc.max[i], a);
     acc.sum[i] += a * inv_group;
@@ -114,7 +119,9 @@ void AttentionStats(const QueryBlock& qb, int kv_head, const StridedRows& keys,
     if (out.mean_prob) out.mean_prob[i] = total.mean[i];
     if (out.max_prob) out.max_prob[i] = total.max[i];
     if (out.sum_prob) out.sum_prob[i] = total.sum[i];
-    if (out.log_score) out.log_score[i] = total.lse_max[i] + std::log(total.lse_sum[i]) - log_rows;
+    // A key far below every row's maximum underflows to 0: report the lowest finite score.
+    const double lse = total.lse[i] > 0 ? std::log(total.lse[i]) : -700.0;
+    if (out.log_score) out.log_score[i] = static_cast<float>(total.shift + lse) - log_rows;
   }
 }
 
