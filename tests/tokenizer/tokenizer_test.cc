@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -192,6 +193,21 @@ TEST_F(TokenizerTest, DecodeInvertsEncode) {
 TEST_F(TokenizerTest, CachedEncodingMatchesFirstEncoding) {
   const std::vector<int32_t> first = tokenizer_->Encode("lower the lower abc");
   EXPECT_EQ(tokenizer_->Encode("lower the lower abc"), first);
+}
+
+TEST_F(TokenizerTest, ConcurrentEncodesAgree) {
+  const std::string text = "lower the abc aaa 123 €😀 <think> lower";
+  const std::vector<int32_t> expected = tokenizer_->Encode(text);
+  std::vector<std::vector<int32_t>> results(4);
+  std::vector<std::thread> threads;
+  for (auto& result : results) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) result = tokenizer_->Encode(text + std::to_string(i % 7));
+      result = tokenizer_->Encode(text);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (const auto& result : results) EXPECT_EQ(result, expected);
 }
 
 TEST_F(TokenizerTest, DecodeRejectsOutOfRangeIds) {
