@@ -74,9 +74,9 @@ const ByteAlphabet& Alphabet() {
 
 // A decoded character of the text being split: where it starts and its class.
 struct Unit {
-  uint32_t begin;
-  CharClass cls;
+  size_t begin;
   char32_t cp;
+  CharClass cls;
 };
 
 std::vector<Unit> DecodeUnits(absl::string_view text) {
@@ -86,15 +86,14 @@ std::vector<Unit> DecodeUnits(absl::string_view text) {
   while (pos < text.size()) {
     const Utf8Step step = DecodeUtf8(text, pos);
     if (step.result == Utf8Result::kComplete) {
-      units.push_back(
-          {static_cast<uint32_t>(pos), ClassifyCodepoint(step.codepoint), step.codepoint});
+      units.push_back({pos, step.codepoint, ClassifyCodepoint(step.codepoint)});
       pos += step.length;
     } else {
-      units.push_back({static_cast<uint32_t>(pos), CharClass::kOther, 0xFFFD});
+      units.push_back({pos, 0xFFFD, CharClass::kOther});
       pos += 1;
     }
   }
-  units.push_back({static_cast<uint32_t>(text.size()), CharClass::kOther, 0});  // sentinel
+  units.push_back({text.size(), 0, CharClass::kOther});  // sentinel
   return units;
 }
 
