@@ -97,8 +97,8 @@ int RunRuntimeBench(const RuntimeFlags& f) {
     return 1;
   }
   if (f.json) {
-    std::cout << "{\"bench\": \"runtime\", \"model\": \"" << f.model << "\", \"threads\": "
-              << f.threads << ", \"prompt_tokens\": " << f.prompt_tokens
+    std::cout << "{\"bench\": \"runtime\", \"model\": \"" << f.model
+              << "\", \"threads\": " << f.threads << ", \"prompt_tokens\": " << f.prompt_tokens
               << ", \"prefill_tok_s_median\": " << Median(*prefill)
               << ", \"prefill_tok_s_runs\": " << JsonArray(*prefill)
               << ", \"decode_context\": " << f.context << ", \"decode_tokens\": " << f.decode_tokens
