@@ -18,9 +18,13 @@ float Dot(const float* a, const float* b, int64_t n) {
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
   }
-  float sum = 0;
+  // Pairwise folding keeps the reduction short (a serial sum of 16 lanes would cost more than
+  // the whole dot product for head_dim 64).
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  float sum = lanes[0];
   for (; i < n; ++i) sum += a[i] * b[i];
-  for (float v : lanes) sum += v;
   return sum;
 }
 
