@@ -51,6 +51,7 @@ void Runner::Resize(int64_t n) {
                 kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
   x_.resize(n * c.hidden);
   xn_.resize(n * c.hidden);
+  xn_ffn_.resize(n * c.hidden);
   q_.resize(n * q_dim);
   k_.resize(n * kv_dim);
   v_.resize(n * kv_dim);
@@ -72,8 +73,9 @@ absl::StatusOr<std::vector<float>> Runner::Prefill(absl::Span<const int32_t> tok
 }
 
 absl::StatusOr<std::vector<float>> Runner::Decode(int32_t token, int32_t position,
-                                                  cache::KvCache* cache) {
-  return Forward(absl::MakeConstSpan(&token, 1), position, ForwardOptions{}, cache);
+                                                  cache::KvCache* cache,
+                                                  const ForwardOptions& options) {
+  return Forward(absl::MakeConstSpan(&token, 1), position, options, cache);
 }
 
 absl::StatusOr<std::vector<float>> Runner::Forward(absl::Span<const int32_t> tokens,
@@ -130,9 +132,9 @@ absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const Forwa
   Attend(l, n, first_position, cache);
   kernels::MatMul(w.wo, attn_.data(), n, proj_.data(), &pool_);
   kernels::AddInPlace(x_.data(), proj_.data(), n * c.hidden);
-  kernels::RmsNorm(x_.data(), w.ffn_norm.data(), n, c.hidden, c.rms_eps, xn_.data());
-  kernels::MatMul(w.w_gate, xn_.data(), n, gate_.data(), &pool_);
-  kernels::MatMul(w.w_up, xn_.data(), n, up_.data(), &pool_);
+  kernels::RmsNorm(x_.data(), w.ffn_norm.data(), n, c.hidden, c.rms_eps, xn_ffn_.data());
+  kernels::MatMul(w.w_gate, xn_ffn_.data(), n, gate_.data(), &pool_);
+  kernels::MatMul(w.w_up, xn_ffn_.data(), n, up_.data(), &pool_);
   kernels::SwiGlu(gate_.data(), up_.data(), n * c.ffn_hidden, gate_.data());
   kernels::MatMul(w.w_down, gate_.data(), n, proj_.data(), &pool_);
   kernels::AddInPlace(x_.data(), proj_.data(), n * c.hidden);
@@ -140,7 +142,8 @@ absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const Forwa
   const int64_t window = std::min<int64_t>(options.window, n);
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   PrefillLayer view{
-      l, n, first_position, k_.data(), v_.data(), window, q_.data() + (n - window) * q_dim};
+      l,         n, first_position, k_.data(), v_.data(), window, q_.data() + (n - window) * q_dim,
+      xn_.data()};
   return options.on_layer(view);
 }
 

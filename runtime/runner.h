@@ -34,7 +34,8 @@
 
 namespace kvwire::runtime {
 
-// What a prefill exposes after each layer. Pointers are valid only during the callback.
+// What a forward pass exposes after each layer (prefill, chunk or decode step). Pointers are
+// valid only during the callback; copy what must outlive it.
 struct PrefillLayer {
   int layer = 0;
   int64_t n_tokens = 0;                   // L: tokens of this pass
@@ -43,6 +44,7 @@ struct PrefillLayer {
   const float* values = nullptr;          // fp32 [L][n_kv_heads][head_dim]
   int64_t window = 0;                     // w = min(requested window, L)
   const float* window_queries = nullptr;  // fp32 [w][n_heads][head_dim], post-RoPE, last w tokens
+  const float* attn_input = nullptr;  // fp32 [L][hidden]: RMS-normed input of the attention block
 };
 using PrefillHook = std::function<absl::Status(const PrefillLayer&)>;
 
@@ -63,8 +65,10 @@ class Runner {
   // Logits fp32 [vocab] for the last prompt token ([L][vocab] with all_logits).
   absl::StatusOr<std::vector<float>> Prefill(absl::Span<const int32_t> tokens,
                                              const ForwardOptions& options, cache::KvCache* cache);
-  // Logits fp32 [vocab] after feeding `token` at RoPE position `position`.
-  absl::StatusOr<std::vector<float>> Decode(int32_t token, int32_t position, cache::KvCache* cache);
+  // Logits fp32 [vocab] after feeding `token` at RoPE position `position`. options.on_layer, if
+  // set, sees the step's K/V and (with window >= 1) its query, e.g. for decode-time scoring.
+  absl::StatusOr<std::vector<float>> Decode(int32_t token, int32_t position, cache::KvCache* cache,
+                                            const ForwardOptions& options = {});
   // N tokens at positions first_position + t, appended to *cache (which keeps its
   // original_length; callers doing chunked prefill advance it themselves).
   absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> tokens,
@@ -87,7 +91,8 @@ class Runner {
   kernels::ThreadPool pool_;
   // Scratch, fp32 row-major, sized for the current pass's n tokens.
   std::vector<float> x_;          // [n][hidden] residual stream
-  std::vector<float> xn_;         // [n][hidden] normed
+  std::vector<float> xn_;         // [n][hidden] normed attention input
+  std::vector<float> xn_ffn_;     // [n][hidden] normed FFN input
   std::vector<float> q_;          // [n][n_heads*head_dim]
   std::vector<float> k_, v_;      // [n][n_kv_heads*head_dim]
   std::vector<float> attn_;       // [n][n_heads*head_dim]

@@ -172,6 +172,7 @@ TEST_F(RunnerFixture, HookSeesEveryLayerWithCacheKeysAndWindowQueries) {
     EXPECT_EQ(layer.n_tokens, 11);
     EXPECT_EQ(layer.window, 4);
     EXPECT_NE(layer.window_queries, nullptr);
+    EXPECT_NE(layer.attn_input, nullptr);
     keys[layer.layer].assign(layer.keys, layer.keys + layer.n_tokens * c.n_kv_heads * c.head_dim);
     return absl::OkStatus();
   };
@@ -182,6 +183,29 @@ TEST_F(RunnerFixture, HookSeesEveryLayerWithCacheKeysAndWindowQueries) {
   EXPECT_EQ(std::vector<float>(k, k + c.head_dim),
             std::vector<float>(cache.layers[1].heads[1].key(6, c.head_dim),
                                cache.layers[1].heads[1].key(6, c.head_dim) + c.head_dim));
+}
+
+TEST_F(RunnerFixture, DecodeHookSeesTheStepQueryAndKeys) {
+  Runner runner(*model_, 2);
+  cache::KvCache cache;
+  ASSERT_TRUE(runner.Prefill(Prompt(5), {}, &cache).ok());
+  const int d = model_->config().head_dim;
+  int calls = 0;
+  ForwardOptions options;
+  options.window = 8;
+  options.on_layer = [&](const PrefillLayer& layer) {
+    ++calls;
+    EXPECT_EQ(layer.n_tokens, 1);
+    EXPECT_EQ(layer.window, 1);
+    EXPECT_EQ(layer.first_position, 5);
+    // The step's key is the last entry of each head segment.
+    const auto& seg = cache.layers[layer.layer].heads[0];
+    EXPECT_EQ(std::vector<float>(layer.keys, layer.keys + d),
+              std::vector<float>(seg.key(seg.size() - 1, d), seg.key(seg.size() - 1, d) + d));
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE(runner.Decode(9, DecodePosition(cache, 0), &cache, options).ok());
+  EXPECT_EQ(calls, model_->config().n_layers);
 }
 
 TEST_F(RunnerFixture, HookErrorAbortsThePass) {
