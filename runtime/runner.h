@@ -18,7 +18,8 @@
 // per concurrent sequence. The Model may be shared.
 // Errors: INVALID_ARGUMENT for an empty token list, a token outside [0, vocab), a negative
 // position or one past the model's context length, or a cache whose shape is not the model's.
-// A hook's non-OK status aborts the pass and is returned as is.
+// A hook's non-OK status aborts the pass and is returned as is. After any error the cache may
+// hold part of the failed pass's entries: discard it.
 #ifndef KVWIRE_RUNTIME_RUNNER_H_
 #define KVWIRE_RUNTIME_RUNNER_H_
 
