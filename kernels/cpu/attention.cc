@@ -1,4 +1,4 @@
-// Vote-biased GQA attention. Few queries (decode): dot products per entry. Many queries
+// Vote-biased GQA attention. Few queries (decode): decode_attention.cc. Many queries
 // (prefill): blocks of queries per head, scores and outputs through single-threaded sgemm, blocks
 // spread over the pool.
 #include "kvwire/kernels/attention.h"
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/decode_attention.h"
 #include "kvwire/kernels/ops.h"
 
 namespace kvwire::kernels {
@@ -30,21 +31,6 @@ void BiasAndSoftmax(float* logits, const float* bias, int64_t visible, float sca
     logits[i] = logits[i] * scale + (bias != nullptr ? bias[i] : 0.0f);
   }
   Softmax(logits, visible);
-}
-
-// One query row of one head: out fp32 [head_dim].
-void AttendOne(const AttentionShape& s, const float* q, const KvHeadView& kv, int64_t visible,
-               float* out) {
-  std::vector<float>& logits = Scratch();
-  logits.resize(static_cast<size_t>(visible));
-  for (int64_t i = 0; i < visible; ++i) logits[i] = Dot(q, kv.keys + i * s.head_dim, s.head_dim);
-  BiasAndSoftmax(logits.data(), kv.bias, visible, s.scale);
-  std::fill(out, out + s.head_dim, 0.0f);
-  for (int64_t i = 0; i < visible; ++i) {
-    const float p = logits[i];
-    const float* v = kv.values + i * s.head_dim;
-    for (int j = 0; j < s.head_dim; ++j) out[j] += p * v[j];
-  }
 }
 
 // Queries [t0, t1) of head g through sgemm: S = Q K^T, masked softmax, O = P V.
@@ -75,17 +61,8 @@ void AttendBlock(const AttentionShape& s, const float* q, const KvHeadView& kv, 
 void Attention(const AttentionShape& s, const float* q, const KvHeadView* kv, float* out,
                ThreadPool* pool) {
   const int group = s.n_heads / s.n_kv_heads;
-  const int64_t ld = static_cast<int64_t>(s.n_heads) * s.head_dim;
   if (s.n_queries < kGemmMinQueries) {
-    ParallelFor(pool, s.n_queries * s.n_heads, 1, [&](int64_t a, int64_t b) {
-      for (int64_t task = a; task < b; ++task) {
-        const int64_t t = task / s.n_heads;
-        const int g = static_cast<int>(task % s.n_heads);
-        const KvHeadView& head = kv[g / group];
-        const int64_t visible = head.n - s.n_queries + t + 1;
-        AttendOne(s, q + t * ld + g * s.head_dim, head, visible, out + t * ld + g * s.head_dim);
-      }
-    });
+    internal::DecodeAttention(s, q, kv, out, pool);
     return;
   }
   UseSingleThreadedBlas();

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/vector_math.h"
+
 namespace kvwire::kernels {
 namespace {
 
@@ -16,9 +18,13 @@ float Dot(const float* a, const float* b, int64_t n) {
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] += a[i + l] * b[i + l];
   }
-  float sum = 0;
+  // Pairwise folding keeps the reduction short (a serial sum of 16 lanes would cost more than
+  // the whole dot product for head_dim 64).
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  float sum = lanes[0];
   for (; i < n; ++i) sum += a[i] * b[i];
-  for (float v : lanes) sum += v;
   return sum;
 }
 
@@ -57,21 +63,13 @@ void Rope(float* x, int64_t n_tokens, int n_heads, int head_dim, const int32_t* 
 
 void Softmax(float* x, int64_t n) {
   float max = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) max = std::fmax(max, x[i]);
-  float sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max);
-    sum += x[i];
-  }
-  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) max = x[i] > max ? x[i] : max;
+  const float inv = 1.0f / internal::ExpShiftedSum(x, n, max);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
 void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+  internal::SiluMul(gate, up, n, out);
 }
 
 void AddInPlace(float* y, const float* x, int64_t n) {

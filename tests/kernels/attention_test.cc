@@ -99,6 +99,16 @@ TEST_P(AttentionTest, FullCacheWithZeroBiasIsCausalAttention) {
   ExpectClose(RunAttention(q, nq, kv, false, &pool), Naive(q, nq, kv, false), 1e-5);
 }
 
+TEST_P(AttentionTest, LongRaggedSegmentsSplitIntoSlicesMatchNaive) {
+  const int64_t nq = GetParam();
+  std::mt19937 rng(24);
+  // 1000 entries split into slices; the 3-entry head leaves most of its slices empty.
+  std::vector<Segment> kv = {RandomSegment(nq + 1000, rng), RandomSegment(nq + 3, rng)};
+  const auto q = Random(nq * kHeads * kDim, rng);
+  ThreadPool pool(2);
+  ExpectClose(RunAttention(q, nq, kv, true, &pool), Naive(q, nq, kv, true), 1e-5);
+}
+
 INSTANTIATE_TEST_SUITE_P(QueriesPerStep, AttentionTest, ::testing::Values(1, 2, 37, 150));
 
 TEST(Attention, EntryRepeatedPTimesEqualsOneEntryWithLogP) {

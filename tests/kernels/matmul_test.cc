@@ -59,5 +59,18 @@ TEST(ThreadPool, CoversEveryIndexExactlyOnce) {
   }
 }
 
+TEST(ThreadPool, ManyBackToBackJobsEachCompleteBeforeReturning) {
+  ThreadPool pool(2);
+  std::vector<int64_t> sums(64);
+  for (int job = 0; job < 20000; ++job) {
+    const int64_t n = 1 + job % 64;
+    std::fill(sums.begin(), sums.end(), 0);
+    pool.ParallelFor(n, 1, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) sums[i] += i + 1;
+    });
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(sums[i], i + 1) << "job " << job;
+  }
+}
+
 }  // namespace
 }  // namespace kvwire::kernels

@@ -9,8 +9,8 @@
 //   * prefill over an empty cache with zero bias: plain causal attention.
 //   logit_i = scale * q·k_i + bias_i;  out = sum_i softmax(logit)_i v_i.
 //
-// Thread-safety: reentrant (thread-local scratch). Errors: none; n_h >= n_queries is a
-// precondition.
+// Thread-safety: reentrant (thread-local scratch). Errors: none; n_h >= n_queries and finite
+// inputs are preconditions (a dropped entry is absent from its segment, never a -inf bias).
 #ifndef KVWIRE_KERNELS_ATTENTION_H_
 #define KVWIRE_KERNELS_ATTENTION_H_
 
@@ -23,7 +23,7 @@ namespace kvwire::kernels {
 struct KvHeadView {
   const float* keys = nullptr;    // fp32 [n][head_dim]
   const float* values = nullptr;  // fp32 [n][head_dim]
-  const float* bias = nullptr;    // fp32 [n], or nullptr for all-zero bias
+  const float* bias = nullptr;    // fp32 [n] finite values, or nullptr for all-zero bias
   int64_t n = 0;
 };
 

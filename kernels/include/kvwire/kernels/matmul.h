@@ -6,7 +6,9 @@
 // y is fp32 [n_tokens][rows]: y[t][r] = sum_c W[r][c] * x[t][c].
 //
 // Few tokens (decode) use fused dequantize+dot per row, rows split across the pool. Many tokens
-// (prefill) dequantize W in row tiles to fp32 and multiply with BLAS sgemm.
+// (prefill) dequantize W in row tiles to fp32 and multiply with BLAS sgemm, one single-threaded
+// sgemm per pool chunk: the first such call sets OpenBLAS to one thread for the whole process so
+// its own threads do not fight the pool for the cores.
 //
 // Thread-safety: reentrant; uses thread-local scratch. Errors: none (cols must be a multiple of
 // the block size, pointers must not alias).
