@@ -14,6 +14,7 @@
 //                                   inside one process)
 #include "kvwire/transport/ucx/ucx_transport.h"
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <ucp/api/ucp.h>
@@ -403,6 +404,10 @@ void UcxTransport::Loop() {
     } else if (absl::Now() - last_activity >= busy_poll_) {
       SleepUntilActivity();
       last_activity = absl::Now();
+    } else {
+      // Busy-polling: let a runnable thread on this core (typically the one that waits for this
+      // completion) run first instead of waiting for the scheduler to preempt the poll.
+      sched_yield();
     }
   }
   Shutdown();
