@@ -1,9 +1,10 @@
 // kvwire-bench transfer: kvwire transport throughput and latency per payload size, measured side
-// by side with ucx_perftest (tag_bw, tag_lat) on the same UCX transports in the same run, plus a
-// KV-shaped layer-streamed request.
+// by side with ucx_perftest (tag_bw, tag_lat) on the same UCX transports in the same run, plus
+// setup costs and a KV-shaped layer-streamed request.
 //
-// kvwire figures (sender and receiver transports in this process, each with its own UCX worker
-// and progress thread; ucx_perftest runs as two processes):
+// Like ucx_perftest, the receiver runs in a second process by default (this program with --serve;
+// --in-process keeps both ends here). Each size runs 3 rounds of [kvwire, ucx_perftest] so both
+// see the same machine load; reported figures are medians over rounds.
 //   gbps    size * iterations / elapsed, `--window` sends in flight (decimal GB/s);
 //   p50/p99 time of one confirmed send: StartSend until the receiver's reply that the payload is
 //           in its destination, i.e. one round trip. ucx_perftest's tag_lat prints half a round
@@ -68,6 +69,10 @@ struct TransferOptions {
   double budget = 0.1;
   int dtype_bytes = 2;
   int kv_reps = 7;
+  int busy_poll_us = 200;
+  bool receiver_process = true;
+  bool serve = false;
+  uint64_t serve_bytes = 0;
 };
 
 struct Row {
@@ -90,131 +95,6 @@ std::string UcxTlsFor(const std::string& tls) { return tls == "shm" ? "posix,cma
 
 // ---------------------------------------------------------------------------------------------
 // kvwire side
-
-// A sender and a receiver transport joined by one connection; every accepted payload lands in
-// one registered buffer (the benchmark measures movement, not content).
-class Pair {
- public:
-  static absl::StatusOr<std::unique_ptr<Pair>> Make(const TransferOptions& o, uint64_t max_size) {
-    auto pair = std::make_unique<Pair>();
-    KVWIRE_ASSIGN_OR_RETURN(pair->receiver_, NewTransport(o));
-    KVWIRE_ASSIGN_OR_RETURN(pair->sender_, NewTransport(o));
-    pair->dest_.assign(std::max<uint64_t>(max_size, 1), 0);
-    pair->source_.assign(std::max<uint64_t>(max_size, 1), 0x5A);
-    KVWIRE_ASSIGN_OR_RETURN(
-        pair->dest_region_,
-        pair->receiver_->RegisterMemory(pair->dest_.data(), pair->dest_.size(), MemoryKind::kHost));
-    pair->receiver_->SetAcceptor(
-        [p = pair.get()](const FrameInfo& info,
-                         absl::Span<const uint8_t>) -> absl::StatusOr<Destination> {
-          return Destination{absl::MakeSpan(p->dest_).first(info.payload_bytes), MemoryKind::kHost,
-                             p->dest_region_.get()};
-        });
-    KVWIRE_ASSIGN_OR_RETURN(pair->conn_, pair->sender_->Connect(pair->receiver_->LocalAddress(),
-                                                                Deadline::In(kOpTimeout)));
-    return pair;
-  }
-
-  static absl::StatusOr<std::unique_ptr<Transport>> NewTransport(const TransferOptions& o) {
-    if (o.transport == "loopback") return transport::MakeLoopbackTransport();
-    transport::UcxOptions options;
-    options.transports = UcxTlsFor(o.tls);
-    return transport::MakeUcxTransport(options);
-  }
-
-  // Sends `count` frames of `size` bytes with `window` in flight; returns the elapsed time.
-  absl::StatusOr<Clock::duration> Stream(uint64_t size, int count, int window) {
-    const RequestId request = NewRequestId();
-    std::vector<std::unique_ptr<SendOperation>> in_flight;
-    const auto start = Clock::now();
-    for (int i = 0; i < count; ++i) {
-      if (static_cast<int>(in_flight.size()) >= window) {
-        if (absl::Status s = in_flight.front()->Wait(Deadline::In(kOpTimeout)); !s.ok()) return s;
-        in_flight.erase(in_flight.begin());
-      }
-      FrameInfo info{request, 0, static_cast<uint32_t>(i), size, {}};
-      auto op = conn_->StartSend(info, {}, Payload(size));
-      if (!op.ok()) return op.status();
-      in_flight.push_back(std::move(*op));
-    }
-    for (auto& op : in_flight) {
-      if (absl::Status s = op->Wait(Deadline::In(kOpTimeout)); !s.ok()) return s;
-    }
-    const auto elapsed = Clock::now() - start;
-    if (absl::Status s = receiver_->CancelReceive(request, Deadline::In(kOpTimeout)); !s.ok()) {
-      return s;
-    }
-    return elapsed;
-  }
-
-  // Confirmed-send times (µs) of `count` sequential frames.
-  absl::StatusOr<std::vector<double>> PingTimes(uint64_t size, int count) {
-    const RequestId request = NewRequestId();
-    std::vector<double> times;
-    for (int i = 0; i < count; ++i) {
-      FrameInfo info{request, 0, static_cast<uint32_t>(i), size, {}};
-      const auto start = Clock::now();
-      if (absl::Status s = conn_->Send(info, {}, Payload(size), Deadline::In(kOpTimeout));
-          !s.ok()) {
-        return s;
-      }
-      times.push_back(Micros(Clock::now() - start));
-    }
-    if (absl::Status s = receiver_->CancelReceive(request, Deadline::In(kOpTimeout)); !s.ok()) {
-      return s;
-    }
-    return times;
-  }
-
-  absl::Span<const uint8_t> Payload(uint64_t size) const {
-    return absl::MakeConstSpan(source_).first(size);
-  }
-  Connection& conn() { return *conn_; }
-  Transport& sender() { return *sender_; }
-  Transport& receiver() { return *receiver_; }
-
- private:
-  // Declared in acquisition order; destroyed in reverse (connection before its transports).
-  std::unique_ptr<Transport> receiver_;
-  std::unique_ptr<Transport> sender_;
-  std::vector<uint8_t> dest_;
-  std::vector<uint8_t> source_;
-  std::unique_ptr<transport::MemoryRegion> dest_region_;
-  std::unique_ptr<Connection> conn_;
-};
-
-int DefaultIters(uint64_t size) {
-  return static_cast<int>(
-      std::clamp<uint64_t>((uint64_t{512} << 20) / std::max<uint64_t>(size, 1), 20, 2000));
-}
-
-absl::StatusOr<Row> MeasureKvwire(Pair& pair, uint64_t size, int iters, int window) {
-  Row row;
-  row.size = size;
-  row.iters = iters;
-  const int warmup = std::max(2, iters / 10);
-  KVWIRE_RETURN_IF_ERROR(pair.Stream(size, warmup, window).status());
-  // Bandwidth: the median of three streamed runs.
-  std::vector<double> gbps;
-  for (int run = 0; run < 3; ++run) {
-    KVWIRE_ASSIGN_OR_RETURN(Clock::duration elapsed, pair.Stream(size, iters, window));
-    gbps.push_back(static_cast<double>(size) * iters / (Micros(elapsed) * 1e3));
-  }
-  row.gbps = Percentile(gbps, 0.5);
-  KVWIRE_RETURN_IF_ERROR(pair.PingTimes(size, warmup).status());
-  KVWIRE_ASSIGN_OR_RETURN(std::vector<double> times, pair.PingTimes(size, std::min(iters, 1000)));
-  row.p50_us = Percentile(times, 0.5);
-  row.p99_us = Percentile(times, 0.99);
-  return row;
-}
-
-// ---------------------------------------------------------------------------------------------
-// ucx_perftest side
-
-struct PerftestFigures {
-  double p50 = NAN;      // first "Final:" column after the iteration count (µs)
-  double bw_mbps = NAN;  // overall bandwidth, MB/s with MB = 2^20 bytes
-};
 
 class Process {
  public:
@@ -260,11 +140,159 @@ class Process {
     }
     return text;
   }
+  // The rest of the first stdout line that starts with `prefix` (UCX logs to stdout too).
+  std::optional<std::string> ReadTagged(absl::string_view prefix, Deadline deadline) {
+    std::string buffered;
+    char c;
+    while (out_fd_ >= 0) {
+      pollfd p{out_fd_, POLLIN, 0};
+      if (poll(&p, 1, deadline.RemainingMillisForPoll()) <= 0 || read(out_fd_, &c, 1) != 1) break;
+      if (c != '\n') {
+        buffered.push_back(c);
+        continue;
+      }
+      if (absl::StartsWith(buffered, prefix)) return buffered.substr(prefix.size());
+      buffered.clear();
+    }
+    return std::nullopt;
+  }
   pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;
   int out_fd_ = -1;
+};
+
+// A sender and a receiver transport joined by one connection; every accepted payload lands in
+// one registered buffer (the benchmark measures movement, not content).
+class Pair {
+ public:
+  static absl::StatusOr<std::unique_ptr<Pair>> Make(const TransferOptions& o, uint64_t max_size) {
+    auto pair = std::make_unique<Pair>();
+    pair->source_.assign(std::max<uint64_t>(max_size, 1), 0x5A);
+    if (o.receiver_process) {
+      // Like ucx_perftest: the receiver is another process (this program in --serve mode).
+      pair->receiver_process_ = std::make_unique<Process>(
+          std::vector<std::string>{"/proc/self/exe", "transfer", "--serve", "--transport",
+                                   o.transport, "--tls", o.tls, "--busy-poll-us",
+                                   absl::StrCat(o.busy_poll_us), "--serve-bytes",
+                                   absl::StrCat(max_size)},
+          UcxTlsFor(o.tls), /*capture=*/true);
+      auto hex = pair->receiver_process_->ReadTagged("ADDR ", Deadline::In(kOpTimeout));
+      if (!hex) return absl::UnavailableError("the receiver process printed no address");
+      KVWIRE_ASSIGN_OR_RETURN(pair->receiver_address_, transport::AddressFromHex(*hex));
+    } else {
+      KVWIRE_ASSIGN_OR_RETURN(pair->receiver_,
+                              MakeReceiver(o, max_size, &pair->dest_, &pair->dest_region_));
+      pair->receiver_address_ = pair->receiver_->LocalAddress();
+    }
+    KVWIRE_ASSIGN_OR_RETURN(pair->sender_, NewTransport(o));
+    KVWIRE_ASSIGN_OR_RETURN(
+        pair->conn_, pair->sender_->Connect(pair->receiver_address_, Deadline::In(kOpTimeout)));
+    return pair;
+  }
+
+  // A receiving transport whose every accepted payload lands in one registered buffer.
+  static absl::StatusOr<std::unique_ptr<Transport>> MakeReceiver(
+      const TransferOptions& o, uint64_t max_size, std::vector<uint8_t>* dest,
+      std::unique_ptr<transport::MemoryRegion>* region) {
+    KVWIRE_ASSIGN_OR_RETURN(auto receiver, NewTransport(o));
+    dest->assign(std::max<uint64_t>(max_size, 1), 0);
+    KVWIRE_ASSIGN_OR_RETURN(
+        *region, receiver->RegisterMemory(dest->data(), dest->size(), MemoryKind::kHost));
+    receiver->SetAcceptor(
+        [dest, r = region->get()](const FrameInfo& info,
+                                  absl::Span<const uint8_t>) -> absl::StatusOr<Destination> {
+          return Destination{absl::MakeSpan(*dest).first(info.payload_bytes), MemoryKind::kHost, r};
+        });
+    return receiver;
+  }
+
+  // Drops the receiver's record of a finished request (kept by the remote receiver otherwise).
+  absl::Status Release(RequestId request) {
+    if (!receiver_) return absl::OkStatus();
+    return receiver_->CancelReceive(request, Deadline::In(kOpTimeout));
+  }
+
+  static absl::StatusOr<std::unique_ptr<Transport>> NewTransport(const TransferOptions& o) {
+    if (o.transport == "loopback") return transport::MakeLoopbackTransport();
+    transport::UcxOptions options;
+    options.transports = UcxTlsFor(o.tls);
+    options.busy_poll = absl::Microseconds(o.busy_poll_us);
+    return transport::MakeUcxTransport(options);
+  }
+
+  // Sends `count` frames of `size` bytes with `window` in flight; returns the elapsed time.
+  absl::StatusOr<Clock::duration> Stream(uint64_t size, int count, int window) {
+    const RequestId request = NewRequestId();
+    std::vector<std::unique_ptr<SendOperation>> in_flight;
+    const auto start = Clock::now();
+    for (int i = 0; i < count; ++i) {
+      if (static_cast<int>(in_flight.size()) >= window) {
+        if (absl::Status s = in_flight.front()->Wait(Deadline::In(kOpTimeout)); !s.ok()) return s;
+        in_flight.erase(in_flight.begin());
+      }
+      FrameInfo info{request, 0, static_cast<uint32_t>(i), size, {}};
+      auto op = conn_->StartSend(info, {}, Payload(size));
+      if (!op.ok()) return op.status();
+      in_flight.push_back(std::move(*op));
+    }
+    for (auto& op : in_flight) {
+      if (absl::Status s = op->Wait(Deadline::In(kOpTimeout)); !s.ok()) return s;
+    }
+    const auto elapsed = Clock::now() - start;
+    KVWIRE_RETURN_IF_ERROR(Release(request));
+    return elapsed;
+  }
+
+  // Confirmed-send times (µs) of `count` sequential frames.
+  absl::StatusOr<std::vector<double>> PingTimes(uint64_t size, int count) {
+    const RequestId request = NewRequestId();
+    std::vector<double> times;
+    for (int i = 0; i < count; ++i) {
+      FrameInfo info{request, 0, static_cast<uint32_t>(i), size, {}};
+      const auto start = Clock::now();
+      if (absl::Status s = conn_->Send(info, {}, Payload(size), Deadline::In(kOpTimeout));
+          !s.ok()) {
+        return s;
+      }
+      times.push_back(Micros(Clock::now() - start));
+    }
+    KVWIRE_RETURN_IF_ERROR(Release(request));
+    return times;
+  }
+
+  absl::Span<const uint8_t> Payload(uint64_t size) const {
+    return absl::MakeConstSpan(source_).first(size);
+  }
+  Connection& conn() { return *conn_; }
+  Transport& sender() { return *sender_; }
+  const std::string& receiver_address() const { return receiver_address_; }
+
+ private:
+  // Declared in acquisition order; destroyed in reverse (connection before its transports, the
+  // receiver process last).
+  std::unique_ptr<Process> receiver_process_;
+  std::vector<uint8_t> dest_;
+  std::unique_ptr<transport::MemoryRegion> dest_region_;
+  std::unique_ptr<Transport> receiver_;
+  std::string receiver_address_;
+  std::vector<uint8_t> source_;
+  std::unique_ptr<Transport> sender_;
+  std::unique_ptr<Connection> conn_;
+};
+
+int DefaultIters(uint64_t size) {
+  return static_cast<int>(
+      std::clamp<uint64_t>((uint64_t{512} << 20) / std::max<uint64_t>(size, 1), 20, 2000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ucx_perftest side
+
+struct PerftestFigures {
+  double p50 = NAN;      // first "Final:" column after the iteration count (µs)
+  double bw_mbps = NAN;  // overall bandwidth, MB/s with MB = 2^20 bytes
 };
 
 // Whether something listens on TCP `port` (read from /proc/net/tcp{,6}, without connecting:
@@ -318,15 +346,43 @@ std::optional<PerftestFigures> RunPerftest(const std::string& test, uint64_t siz
   return ParseFinal(client.ReadAll(Deadline::In(absl::Seconds(120))));
 }
 
-void AddPerftest(Row& row, const std::string& tls) {
-  if (auto bw = RunPerftest("tag_bw", row.size, row.iters, tls)) {
-    row.perftest_gbps = bw->bw_mbps * 1048576.0 / 1e9;
-    row.ratio_bw = row.gbps / row.perftest_gbps;
+constexpr int kRounds = 3;
+
+// One size: kRounds rounds, each a kvwire run followed by the matching ucx_perftest run, so both
+// see the same machine load; the row holds medians over rounds (latency: pooled percentiles).
+absl::StatusOr<Row> MeasureSize(Pair& pair, uint64_t size, const TransferOptions& o) {
+  Row row;
+  row.size = size;
+  row.iters = o.iters > 0 ? o.iters : DefaultIters(size);
+  const int lat_iters = std::min(row.iters, 1000);
+  const int warmup = std::max(2, row.iters / 10);
+  const bool perftest = o.perftest && o.transport == "ucx";
+  const std::string tls = UcxTlsFor(o.tls);
+  KVWIRE_RETURN_IF_ERROR(pair.Stream(size, warmup, o.window).status());
+  KVWIRE_RETURN_IF_ERROR(pair.PingTimes(size, warmup).status());
+  std::vector<double> gbps, pt_gbps, times, pt_lat;
+  for (int round = 0; round < kRounds; ++round) {
+    KVWIRE_ASSIGN_OR_RETURN(Clock::duration elapsed, pair.Stream(size, row.iters, o.window));
+    gbps.push_back(static_cast<double>(size) * row.iters / (Micros(elapsed) * 1e3));
+    if (perftest) {
+      if (auto bw = RunPerftest("tag_bw", size, row.iters, tls)) {
+        pt_gbps.push_back(bw->bw_mbps * 1048576.0 / 1e9);
+      }
+    }
+    KVWIRE_ASSIGN_OR_RETURN(std::vector<double> t, pair.PingTimes(size, lat_iters));
+    times.insert(times.end(), t.begin(), t.end());
+    if (perftest) {
+      if (auto lat = RunPerftest("tag_lat", size, lat_iters, tls)) pt_lat.push_back(lat->p50);
+    }
   }
-  if (auto lat = RunPerftest("tag_lat", row.size, std::min(row.iters, 1000), tls)) {
-    row.perftest_lat_us = lat->p50;
-    row.ratio_lat = row.p50_us / (2 * row.perftest_lat_us);
-  }
+  row.gbps = Percentile(gbps, 0.5);
+  row.p50_us = Percentile(times, 0.5);
+  row.p99_us = Percentile(times, 0.99);
+  row.perftest_gbps = Percentile(pt_gbps, 0.5);
+  row.perftest_lat_us = Percentile(pt_lat, 0.5);
+  row.ratio_bw = row.gbps / row.perftest_gbps;
+  row.ratio_lat = row.p50_us / (2 * row.perftest_lat_us);
+  return row;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,14 +398,14 @@ absl::StatusOr<SetupCost> MeasureSetup(Pair& pair, const TransferOptions& o) {
   for (int i = 0; i < 5; ++i) {
     auto t0 = Clock::now();
     KVWIRE_ASSIGN_OR_RETURN(
-        auto conn, pair.sender().Connect(pair.receiver().LocalAddress(), Deadline::In(kOpTimeout)));
+        auto conn, pair.sender().Connect(pair.receiver_address(), Deadline::In(kOpTimeout)));
     connect.push_back(Micros(Clock::now() - t0));
   }
   std::vector<uint8_t> buffer(64 << 20, 1);
   for (int i = 0; i < 3; ++i) {
     auto t0 = Clock::now();
-    KVWIRE_ASSIGN_OR_RETURN(auto region, pair.receiver().RegisterMemory(
-                                             buffer.data(), buffer.size(), MemoryKind::kHost));
+    KVWIRE_ASSIGN_OR_RETURN(
+        auto region, pair.sender().RegisterMemory(buffer.data(), buffer.size(), MemoryKind::kHost));
     reg.push_back(Micros(Clock::now() - t0));
   }
   const RequestId request = NewRequestId();
@@ -360,7 +416,7 @@ absl::StatusOr<SetupCost> MeasureSetup(Pair& pair, const TransferOptions& o) {
     start.push_back(Micros(Clock::now() - t0));
     KVWIRE_RETURN_IF_ERROR(op->Wait(Deadline::In(kOpTimeout)));
   }
-  KVWIRE_RETURN_IF_ERROR(pair.receiver().CancelReceive(request, Deadline::In(kOpTimeout)));
+  KVWIRE_RETURN_IF_ERROR(pair.Release(request));
   cost.connect_us = Percentile(connect, 0.5);
   cost.register_64mib_us = Percentile(reg, 0.5);
   cost.start_send_us = Percentile(start, 0.5);
@@ -385,7 +441,7 @@ absl::StatusOr<KvResult> MeasureKv(Pair& pair, const KvShape& s, const TransferO
   r.kept_tokens = static_cast<int>(std::ceil(o.budget * o.prompt_len));
   const uint64_t raw_layer = uint64_t{2} * s.kv_heads * s.head_dim * o.prompt_len * o.dtype_bytes;
   r.layer_payload = uint64_t{2} * s.kv_heads * s.head_dim * r.kept_tokens * o.dtype_bytes +
-                    uint64_t{s.kv_heads} * r.kept_tokens * (4 + 4);
+                    static_cast<uint64_t>(s.kv_heads) * r.kept_tokens * (4 + 4);
   constexpr uint64_t kFrameHeader = 64, kManifest = 256;
   const uint64_t per_frame = kFrameHeader + transport::kTransportHeaderBytes;
   r.raw_bytes = raw_layer * s.layers;
@@ -407,7 +463,7 @@ absl::StatusOr<KvResult> MeasureKv(Pair& pair, const KvShape& s, const TransferO
     KVWIRE_RETURN_IF_ERROR(start(1 + s.layers, 0));
     for (auto& op : ops) KVWIRE_RETURN_IF_ERROR(op->Wait(Deadline::In(kOpTimeout)));
     const double ms = Micros(Clock::now() - t0) / 1e3;
-    KVWIRE_RETURN_IF_ERROR(pair.receiver().CancelReceive(request, Deadline::In(kOpTimeout)));
+    KVWIRE_RETURN_IF_ERROR(pair.Release(request));
     if (rep > 0) request_ms.push_back(ms);  // The first repetition is warm-up.
     // The same bytes as one message, for the streaming overhead.
     const uint64_t total = s.layers * r.layer_payload;
@@ -415,7 +471,7 @@ absl::StatusOr<KvResult> MeasureKv(Pair& pair, const KvShape& s, const TransferO
     KVWIRE_RETURN_IF_ERROR(pair.conn().Send(FrameInfo{request + 1, 0, 0, total, {}}, {},
                                             pair.Payload(total), Deadline::In(kOpTimeout)));
     if (rep > 0) single_ms.push_back(Micros(Clock::now() - t1) / 1e3);
-    KVWIRE_RETURN_IF_ERROR(pair.receiver().CancelReceive(request + 1, Deadline::In(kOpTimeout)));
+    KVWIRE_RETURN_IF_ERROR(pair.Release(request + 1));
   }
   r.request_ms = Percentile(request_ms, 0.5);
   r.one_message_ms = Percentile(single_ms, 0.5);
@@ -432,6 +488,7 @@ void WriteJson(const std::string& path, const TransferOptions& o, const std::vec
   std::ofstream out(path);
   out << "{\n  \"transport\": \"" << o.transport << "\", \"tls\": \"" << o.tls
       << "\", \"ucx_tls\": \"" << UcxTlsFor(o.tls) << "\", \"window\": " << o.window
+      << ", \"receiver\": \"" << (o.receiver_process ? "separate process" : "in process") << "\""
       << ",\n  \"latency_note\": \"p50_us/p99_us: confirmed send (one round trip); "
          "perftest_lat_us: ucx_perftest tag_lat p50 (half a round trip); "
          "ratio_lat = p50_us / (2 * perftest_lat_us)\",\n  \"results\": [\n";
@@ -526,7 +583,23 @@ void PrintSummary(const TransferOptions& o, const std::vector<Row>& rows,
       kv_text.c_str());
 }
 
-int RunTransfer(const TransferOptions& o) {
+// --serve: the receiving end of a cross-process run. Prints its address, then receives until
+// the parent kills it.
+int Serve(const TransferOptions& o) {
+  std::vector<uint8_t> dest;
+  std::unique_ptr<transport::MemoryRegion> region;
+  auto receiver = Pair::MakeReceiver(o, o.serve_bytes, &dest, &region);
+  if (!receiver.ok()) {
+    std::cout << "ERROR " << receiver.status() << std::endl;
+    return 1;
+  }
+  std::cout << "ADDR " << transport::AddressToHex((*receiver)->LocalAddress()) << std::endl;
+  while (true) pause();
+}
+
+int RunTransfer(TransferOptions o) {
+  if (o.serve) return Serve(o);
+  if (o.transport == "loopback") o.receiver_process = false;  // Loopback stays in one process.
   auto sizes = ParseSizes(o.sizes);
   auto kv_shape = ParseKvShape(o.kv_shape);
   if (!sizes.ok() || !kv_shape.ok()) {
@@ -546,18 +619,18 @@ int RunTransfer(const TransferOptions& o) {
     std::cerr << "transfer: " << pair.status() << "\n";
     return 1;
   }
-  std::printf("kvwire transfer: transport=%s tls=%s (UCX_TLS=%s) window=%d\n", o.transport.c_str(),
-              o.tls.c_str(), UcxTlsFor(o.tls).c_str(), o.window);
+  std::printf("kvwire transfer: transport=%s tls=%s (UCX_TLS=%s) window=%d receiver=%s\n",
+              o.transport.c_str(), o.tls.c_str(), UcxTlsFor(o.tls).c_str(), o.window,
+              o.receiver_process ? "separate process" : "in process");
   std::printf("%10s %6s %9s %9s %9s %9s %10s %9s %9s\n", "bytes", "iters", "GB/s", "pt_GB/s",
               "p50_us", "p99_us", "pt_lat_us", "ratio_bw", "ratio_lat");
   std::vector<Row> rows;
   for (uint64_t size : *sizes) {
-    auto row = MeasureKvwire(**pair, size, o.iters > 0 ? o.iters : DefaultIters(size), o.window);
+    auto row = MeasureSize(**pair, size, o);
     if (!row.ok()) {
       std::cerr << "transfer: size " << size << ": " << row.status() << "\n";
       return 1;
     }
-    if (o.perftest && o.transport == "ucx") AddPerftest(*row, UcxTlsFor(o.tls));
     PrintRow(*row);
     rows.push_back(*row);
   }
@@ -612,6 +685,13 @@ void SetupTransfer(CLI::App& sub, std::function<int()>* run) {
   sub.add_option("--prompt-len", o->prompt_len, "prompt tokens of the KV-shaped request");
   sub.add_option("--budget", o->budget, "kept fraction of tokens (0..1]")
       ->check(CLI::Range(1e-6, 1.0));
+  sub.add_option("--busy-poll-us", o->busy_poll_us,
+                 "UCX progress threads busy-poll this long after activity before sleeping");
+  sub.add_flag(
+      "!--in-process", o->receiver_process,
+      "keep the receiver in this process (default: a separate process, like ucx_perftest)");
+  sub.add_flag("--serve", o->serve, "internal: run as the receiver process")->group("");
+  sub.add_option("--serve-bytes", o->serve_bytes, "internal: receive buffer size")->group("");
   sub.add_option("--dtype-bytes", o->dtype_bytes, "bytes per key/value element");
   *run = [o] { return RunTransfer(*o); };
 }

@@ -899,7 +899,10 @@ ucs_status_t UcxTransport::HandleFrame(absl::Span<const uint8_t> message, void* 
                         header->info,
                         std::string(frame_header.begin(), frame_header.end()),
                         dest->buffer.first(length)};
-  if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  KVWIRE_LOG(DEBUG) << "frame of " << length << " bytes arrived "
+                    << (rndv ? "by rendezvous" : "eagerly");
+  if (rndv) {
     StartRecv(rx, data, *dest);
   } else if (dest->kind == MemoryKind::kCuda) {
     FinishRecv(rx, UCS_ERR_UNSUPPORTED);  // Eager bytes cannot be memcpy'd into device memory.
