@@ -390,6 +390,7 @@ absl::StatusOr<Row> MeasureSize(Pair& pair, uint64_t size, const TransferOptions
 
 struct SetupCost {
   double connect_us = NAN, register_64mib_us = NAN, start_send_us = NAN;
+  double idle_send_us = NAN;  // a confirmed 4 KiB send after 5 ms of idleness (both ends asleep)
 };
 
 absl::StatusOr<SetupCost> MeasureSetup(Pair& pair, const TransferOptions& o) {
@@ -416,7 +417,17 @@ absl::StatusOr<SetupCost> MeasureSetup(Pair& pair, const TransferOptions& o) {
     start.push_back(Micros(Clock::now() - t0));
     KVWIRE_RETURN_IF_ERROR(op->Wait(Deadline::In(kOpTimeout)));
   }
+  std::vector<double> idle;
+  for (int i = 0; i < 20; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));  // Lets both progress threads fall asleep in epoll.
+    FrameInfo info{request, 1, static_cast<uint32_t>(i), 4096, {}};
+    auto t0 = Clock::now();
+    KVWIRE_RETURN_IF_ERROR(
+        pair.conn().Send(info, {}, pair.Payload(4096), Deadline::In(kOpTimeout)));
+    idle.push_back(Micros(Clock::now() - t0));
+  }
   KVWIRE_RETURN_IF_ERROR(pair.Release(request));
+  cost.idle_send_us = Percentile(idle, 0.5);
   cost.connect_us = Percentile(connect, 0.5);
   cost.register_64mib_us = Percentile(reg, 0.5);
   cost.start_send_us = Percentile(start, 0.5);
@@ -505,7 +516,8 @@ void WriteJson(const std::string& path, const TransferOptions& o, const std::vec
   }
   out << "  ],\n  \"setup\": {\"connect_us\": " << JsonNumber(setup.connect_us)
       << ", \"register_64mib_us\": " << JsonNumber(setup.register_64mib_us)
-      << ", \"start_send_us\": " << JsonNumber(setup.start_send_us) << "}";
+      << ", \"start_send_us\": " << JsonNumber(setup.start_send_us)
+      << ", \"idle_send_us\": " << JsonNumber(setup.idle_send_us) << "}";
   if (kv) {
     out << ",\n  \"kv\": {\"shape\": \"" << o.kv_shape << "\", \"prompt_len\": " << o.prompt_len
         << ", \"budget\": " << o.budget << ", \"kept_tokens\": " << kv->kept_tokens
@@ -640,8 +652,9 @@ int RunTransfer(TransferOptions o) {
     return 1;
   }
   std::printf(
-      "setup: connect p50 %.1f us, register 64 MiB p50 %.1f us, StartSend(4 KiB) p50 %.2f us\n",
-      setup->connect_us, setup->register_64mib_us, setup->start_send_us);
+      "setup: connect p50 %.1f us, register 64 MiB p50 %.1f us, StartSend(4 KiB) p50 %.2f us, "
+      "4 KiB send after 5 ms idle p50 %.1f us\n",
+      setup->connect_us, setup->register_64mib_us, setup->start_send_us, setup->idle_send_us);
   std::optional<KvResult> kv;
   if (*kv_shape) {
     auto measured = MeasureKv(**pair, **kv_shape, o);
