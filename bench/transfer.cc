@@ -187,6 +187,9 @@ class Pair {
       pair->receiver_address_ = pair->receiver_->LocalAddress();
     }
     KVWIRE_ASSIGN_OR_RETURN(pair->sender_, NewTransport(o));
+    KVWIRE_ASSIGN_OR_RETURN(pair->source_region_,
+                            pair->sender_->RegisterMemory(pair->source_.data(),
+                                                          pair->source_.size(), MemoryKind::kHost));
     KVWIRE_ASSIGN_OR_RETURN(
         pair->conn_, pair->sender_->Connect(pair->receiver_address_, Deadline::In(kOpTimeout)));
     return pair;
@@ -279,6 +282,7 @@ class Pair {
   std::string receiver_address_;
   std::vector<uint8_t> source_;
   std::unique_ptr<Transport> sender_;
+  std::unique_ptr<transport::MemoryRegion> source_region_;
   std::unique_ptr<Connection> conn_;
 };
 

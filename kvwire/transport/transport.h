@@ -73,9 +73,11 @@ struct Capabilities {
   size_t max_frame_header_bytes = kMaxFrameHeaderBytes;
 };
 
-// A registered memory range. Registration is optional: it saves the transport a lookup or a
-// registration per transfer. Destroying the region deregisters it; it must outlive every transfer
-// that uses its memory.
+// A registered memory range. Registration is optional: it saves the transport a registration (or
+// a bounce-buffer copy) per transfer. Sends whose payload lies inside a region registered with the
+// sending transport use it automatically; receives use it when the Acceptor names it in the
+// Destination. Destroying the region deregisters it; it must outlive every transfer that uses
+// its memory.
 class MemoryRegion {
  public:
   virtual ~MemoryRegion() = default;

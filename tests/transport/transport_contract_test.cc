@@ -118,6 +118,28 @@ TEST_P(TransportContract, DeliversEveryByteForEachSize) {
   EXPECT_TRUE(receiver_->CancelReceive(request, Soon()).ok());
 }
 
+TEST_P(TransportContract, MovesBetweenRegisteredRegions) {
+  const RequestId request = NewRequestId();
+  FrameInfo info{request, 0, 0, (4 << 20) + 1, {}};
+  std::vector<uint8_t> source = MakePayload(info);
+  std::vector<uint8_t> dest(source.size() + 64, 0);
+  auto source_region = sender_->RegisterMemory(source.data(), source.size(), MemoryKind::kHost);
+  auto dest_region = receiver_->RegisterMemory(dest.data(), dest.size(), MemoryKind::kHost);
+  ASSERT_TRUE(source_region.ok() && dest_region.ok());
+  EXPECT_EQ((*dest_region)->size(), dest.size());
+  receiver_->SetAcceptor(
+      [&](const FrameInfo& f, absl::Span<const uint8_t>) -> absl::StatusOr<Destination> {
+        // Lands 64 bytes into the region, to show offsets inside a registration work.
+        return Destination{absl::MakeSpan(dest).subspan(64), MemoryKind::kHost, dest_region->get()};
+      });
+  // A payload that starts inside the registered source range.
+  ASSERT_TRUE(conn_->Send(info, {}, source, Soon()).ok());
+  absl::StatusOr<ReceivedFrame> frame = receiver_->Receive(request, Soon());
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload.data(), dest.data() + 64);
+  EXPECT_EQ(FirstMismatch(info, frame->payload), -1);
+}
+
 TEST_P(TransportContract, InterleavesManyRequestsAndFrames) {
   constexpr int kRequests = 16;
   constexpr int kFrames = 32;
