@@ -1,0 +1,30 @@
+#include "kvwire/transport/transport.h"
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace kvwire::transport {
+
+absl::Status Connection::Send(const FrameInfo& info, absl::Span<const uint8_t> frame_header,
+                              absl::Span<const uint8_t> payload, Deadline deadline) {
+  absl::StatusOr<std::unique_ptr<SendOperation>> op = StartSend(info, frame_header, payload);
+  if (!op.ok()) return op.status();
+  absl::Status status = (*op)->Wait(deadline);
+  if (absl::IsDeadlineExceeded(status)) {
+    // Destroying the operation cancels it and waits until its buffers are free.
+    op->reset();
+  }
+  return status;
+}
+
+std::string AddressToHex(absl::string_view address) { return absl::BytesToHexString(address); }
+
+absl::StatusOr<std::string> AddressFromHex(absl::string_view hex) {
+  if (hex.size() % 2 != 0 || hex.find_first_not_of("0123456789abcdefABCDEF") != hex.npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address is not an even-length hex string (", hex.size(), " characters)"));
+  }
+  return absl::HexStringToBytes(hex);
+}
+
+}  // namespace kvwire::transport
