@@ -85,9 +85,10 @@ int main(int argc, char** argv) {
   CLI::App app{"Generate with a GGUF Llama-family model on the CPU"};
   app.add_option("--model", f.model, "GGUF model file")->required();
   auto* text = app.add_option("--prompt", f.prompt, "prompt text (needs the tokenizer)");
-  app.add_option("--prompt-ids", f.prompt_ids, "prompt as comma-separated token ids")
-      ->excludes(text);
-  app.add_flag("--chat", f.chat, "wrap the prompt in the model's chat template");
+  auto* ids = app.add_option("--prompt-ids", f.prompt_ids, "prompt as comma-separated token ids")
+                  ->excludes(text);
+  app.add_flag("--chat", f.chat, "wrap the prompt text in the model's chat template")
+      ->excludes(ids);
   app.add_option("--max-tokens", f.max_tokens, "tokens to generate");
   app.add_option("--threads", f.threads, "CPU threads");
   app.add_option("--temperature", f.sampling.temperature, "0 = greedy");
