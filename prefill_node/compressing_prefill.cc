@@ -26,18 +26,20 @@ struct HeldLayer {
 CompressingPrefill::CompressingPrefill(runtime::Runner* runner)
     : runner_(runner), wo_(runner->model().config().n_layers) {}
 
-const float* CompressingPrefill::OutputProjection(int layer) {
-  std::vector<float>& wo = wo_[layer];
-  if (wo.empty()) {
-    const kernels::WeightView& w = runner_->model().layer(layer).wo;
-    wo.resize(w.rows * w.cols);
-    const size_t row_bytes = kernels::RowBytes(w.type, w.cols);
-    for (int64_t r = 0; r < w.rows; ++r) {
-      kernels::DequantizeRow(w.type, static_cast<const uint8_t*>(w.data) + r * row_bytes,
-                             wo.data() + r * w.cols, w.cols);
-    }
+std::vector<float> DequantizeOutputProjection(const runtime::Model& model, int layer) {
+  const kernels::WeightView& w = model.layer(layer).wo;
+  std::vector<float> wo(w.rows * w.cols);
+  const size_t row_bytes = kernels::RowBytes(w.type, w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    kernels::DequantizeRow(w.type, static_cast<const uint8_t*>(w.data) + r * row_bytes,
+                           wo.data() + r * w.cols, w.cols);
   }
-  return wo.data();
+  return wo;
+}
+
+const float* CompressingPrefill::OutputProjection(int layer) {
+  if (wo_[layer].empty()) wo_[layer] = DequantizeOutputProjection(runner_->model(), layer);
+  return wo_[layer].data();
 }
 
 absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> prompt,
