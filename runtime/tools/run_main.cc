@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "kvwire/base/status.h"
+#include "kvwire/compress/decode_compactor.h"
 #include "prefill_node/compressing_prefill.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
@@ -26,6 +27,7 @@ struct RunFlags {
   int max_tokens = 32;
   int threads = 2;
   float budget = 1.0f;
+  int64_t decode_budget = 0;  // max KV entries per head during decode; 0 = unbounded
   std::string method = "snapkv/adaptive/merge";
   SamplingOptions sampling;
 };
@@ -73,6 +75,16 @@ absl::Status Generate(const RunFlags& f) {
   cache::KvCache cache;
   auto start = std::chrono::steady_clock::now();
   KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, RunPrefill(f, runner, prompt, &cache));
+  // Continuous merging keeps each head within --decode-budget entries while generating.
+  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec, compress::CompressionSpec::Parse(f.method));
+  compress::DecodeCompactor compactor(spec, model->config().n_heads, f.decode_budget);
+  ForwardOptions decode_options;
+  if (f.decode_budget > 0) {
+    decode_options.window = 1;
+    decode_options.on_layer = [&](const PrefillLayer& pl) {
+      return compactor.OnStep(pl.layer, pl.window_queries, &cache.layers[pl.layer]);
+    };
+  }
   const double prefill_s = Since(start);
   start = std::chrono::steady_clock::now();
   int generated = 0;
@@ -83,13 +95,16 @@ absl::Status Generate(const RunFlags& f) {
     KVWIRE_ASSIGN_OR_RETURN(const std::string piece, text.Push(next));
     std::cout << piece << std::flush;
     if (generated == f.max_tokens) break;
-    KVWIRE_ASSIGN_OR_RETURN(logits, runner.Decode(next, DecodePosition(cache, generated - 1), &cache));
+    KVWIRE_ASSIGN_OR_RETURN(
+        logits, runner.Decode(next, DecodePosition(cache, generated - 1), &cache, decode_options));
   }
   std::cout << text.Finish() << "\n";
   const double decode_s = Since(start);
   std::cerr << "prefill: " << prompt.size() << " tokens, " << prompt.size() / prefill_s
             << " tok/s; decode: " << generated << " tokens, "
-            << (generated > 1 ? (generated - 1) / decode_s : 0.0) << " tok/s\n";
+            << (generated > 1 ? (generated - 1) / decode_s : 0.0) << " tok/s";
+  if (f.decode_budget > 0) std::cerr << "; " << compactor.merges() << " decode-time merges";
+  std::cerr << "\n";
   return absl::OkStatus();
 }
 
@@ -109,6 +124,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", f.threads, "CPU threads")->check(CLI::Range(1, 256));
   app.add_option("--budget", f.budget, "kept fraction of the prompt's KV cache, (0, 1]");
   app.add_option("--method", f.method, "compression spec, e.g. snapkv/adaptive/merge");
+  app.add_option("--decode-budget", f.decode_budget,
+                 "max KV entries per head while decoding (continuous merging); 0 = unbounded");
   app.add_option("--temperature", f.sampling.temperature, "0 = greedy");
   app.add_option("--top-p", f.sampling.top_p, "nucleus mass");
   app.add_option("--seed", f.sampling.seed, "sampling seed");
