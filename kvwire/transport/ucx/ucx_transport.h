@@ -14,7 +14,9 @@
 // Progress: one thread per transport owns the UCP worker (only it calls into UCX). It busy-polls
 // for `busy_poll` after the last activity, then arms the worker and sleeps in epoll on the
 // worker's event fd and a wake-up eventfd (100 ms cap), so an idle transport costs no CPU and
-// a busy one adds no wake-up latency.
+// a busy one adds no wake-up latency. Measured here (kvwire-bench transfer, 2 vCPUs): an idle
+// transport uses 0 % CPU; the first 4 KiB send after 5 ms of idleness costs ~35-95 µs (TCP) and
+// ~50-75 µs (shared memory) against ~13-20 µs / ~6 µs while busy.
 //
 // Thread-safety: as the Transport interface. This header is UCX-free.
 #ifndef KVWIRE_TRANSPORT_UCX_UCX_TRANSPORT_H_
