@@ -152,7 +152,7 @@ class UcxRegion final : public MemoryRegion {
   MemoryKind kind_;
 };
 
-class UcxTransport final : public Transport {
+class UcxTransport final : public InboxTransport {
  public:
   static absl::StatusOr<std::unique_ptr<Transport>> Create(const UcxOptions& options);
   ~UcxTransport() override;
@@ -163,13 +163,6 @@ class UcxTransport final : public Transport {
                                                       Deadline deadline) override;
   absl::StatusOr<std::unique_ptr<MemoryRegion>> RegisterMemory(void* data, size_t bytes,
                                                                MemoryKind kind) override;
-  void SetAcceptor(Acceptor acceptor) override { inbox_.SetAcceptor(std::move(acceptor)); }
-  absl::StatusOr<ReceivedFrame> Receive(RequestId request_id, Deadline deadline) override {
-    return inbox_.Receive(request_id, deadline);
-  }
-  absl::Status CancelReceive(RequestId request_id, Deadline deadline) override {
-    return inbox_.CancelReceive(request_id, deadline);
-  }
 
   // Runs `fn` on the progress thread.
   void Post(std::function<void()> fn);
@@ -232,7 +225,6 @@ class UcxTransport final : public Transport {
   std::string address_;
   Capabilities caps_;
   absl::Duration busy_poll_;
-  Inbox inbox_;
   // Progress thread only:
   absl::flat_hash_map<uint64_t, std::shared_ptr<ConnState>> conns_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Peer>> peers_;

@@ -55,7 +55,7 @@ void UcxTransport::OnPeerError(void* arg, ucp_ep_h ep, ucs_status_t status) {
 void UcxTransport::PeerFailed(uint64_t peer_id, absl::string_view why) {
   auto it = peers_.find(peer_id);
   if (it == peers_.end()) return;
-  inbox_.PeerGone(peer_id, why);
+  inbox().PeerGone(peer_id, why);
   CloseEp(it->second->ep, /*force=*/true);
   peers_.erase(it);
 }
@@ -91,7 +91,7 @@ ucs_status_t UcxTransport::HandleFrame(absl::Span<const uint8_t> message, void* 
     return UCS_OK;
   }
   const auto frame_header = am_header.subspan(kTransportHeaderBytes);
-  absl::StatusOr<Destination> dest = inbox_.Admit(peer_id, header->info, frame_header);
+  absl::StatusOr<Destination> dest = inbox().Admit(peer_id, header->info, frame_header);
   if (!dest.ok()) {
     SendReply(peer_id, send_id, dest.status());
     return UCS_OK;
@@ -145,12 +145,12 @@ void UcxTransport::FinishRecv(RecvOp* rx, ucs_status_t status) {
   std::unique_ptr<RecvOp> owned(rx);
   if (status == UCS_OK) {
     SendReply(rx->peer, rx->send_id, absl::OkStatus());
-    inbox_.Complete(rx->peer, ReceivedFrame{rx->info, std::move(rx->frame_header), rx->dest});
+    inbox().Complete(rx->peer, ReceivedFrame{rx->info, std::move(rx->frame_header), rx->dest});
     return;
   }
   absl::Status failed = FromUcs(status, "receiving a payload");
   SendReply(rx->peer, rx->send_id, failed);
-  inbox_.Fail(rx->peer, rx->info.request_id, std::move(failed));
+  inbox().Fail(rx->peer, rx->info.request_id, std::move(failed));
 }
 
 absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxTransport::RegisterMemory(void* data, size_t bytes,

@@ -223,7 +223,7 @@ void UcxTransport::Shutdown() {
   peers_.clear();
   const Deadline deadline = Deadline::In(kReleaseGrace);
   auto busy = [this] {
-    if (inbox_.Drain(Deadline::In(absl::ZeroDuration())).ok() == false) return true;
+    if (inbox().Drain(Deadline::In(absl::ZeroDuration())).ok() == false) return true;
     for (auto& req : closing_) {
       if (req && ucp_request_check_status(req.get()) == UCS_INPROGRESS) return true;
     }
