@@ -72,6 +72,7 @@ struct TransferOptions {
   int dtype_bytes = 2;
   int kv_reps = 7;
   int busy_poll_us = 200;
+  int drive_us = 0;
   bool receiver_process = true;
   bool serve = false;
   uint64_t serve_bytes = 0;
@@ -214,10 +215,10 @@ class Pair {
     if (o.receiver_process) {
       // Like ucx_perftest: the receiver is another process (this program in --serve mode).
       pair->receiver_process_ = std::make_unique<Process>(
-          std::vector<std::string>{"/proc/self/exe", "transfer", "--serve", "--transport",
-                                   o.transport, "--tls", o.tls, "--busy-poll-us",
-                                   absl::StrCat(o.busy_poll_us), "--serve-bytes",
-                                   absl::StrCat(max_size)},
+          std::vector<std::string>{
+              "/proc/self/exe", "transfer", "--serve", "--transport", o.transport, "--tls", o.tls,
+              "--busy-poll-us", absl::StrCat(o.busy_poll_us), "--drive-us",
+              absl::StrCat(o.drive_us), "--serve-bytes", absl::StrCat(max_size)},
           UcxTlsFor(o.tls), /*capture=*/true);
       auto hex = pair->receiver_process_->ReadTagged("ADDR ", Deadline::In(kOpTimeout));
       if (!hex) return absl::UnavailableError("the receiver process printed no address");
@@ -263,6 +264,7 @@ class Pair {
     transport::UcxOptions options;
     options.transports = UcxTlsFor(o.tls);
     options.busy_poll = absl::Microseconds(o.busy_poll_us);
+    options.drive_window = absl::Microseconds(o.drive_us);
     return transport::MakeUcxTransport(options);
   }
 
@@ -750,6 +752,8 @@ void SetupTransfer(CLI::App& sub, std::function<int()>* run) {
       "keep the receiver in this process (default: a separate process, like ucx_perftest)");
   sub.add_flag("--serve", o->serve, "internal: run as the receiver process")->group("");
   sub.add_option("--serve-bytes", o->serve_bytes, "internal: receive buffer size")->group("");
+  sub.add_option("--drive-us", o->drive_us,
+                 "UCX: how long a waiting sender drives the worker itself (0: never)");
   sub.add_option("--dtype-bytes", o->dtype_bytes, "bytes per key/value element");
   *run = [o] { return RunTransfer(*o); };
 }

@@ -86,9 +86,10 @@ struct SendOp {
   const void* payload = nullptr;
   size_t payload_bytes = 0;
   MemoryKind kind = MemoryKind::kHost;
+  ucp_mem_h memh = nullptr;  // set when the payload lies in a registered region
   std::shared_ptr<ConnState> conn;
   SendCompletion completion;
-  // Progress thread only:
+  // Worker only (under UcxTransport::worker_mu_):
   RequestHandle request;
   std::shared_ptr<SendOp> self_ref;
   bool local_done = false;
@@ -102,7 +103,7 @@ struct ConnState {
   UcxTransport* owner = nullptr;
   uint64_t id = 0;
   std::atomic<uint64_t> next_send_id{1};
-  // Progress thread only:
+  // Worker only (under UcxTransport::worker_mu_):
   ucp_ep_h ep = nullptr;
   absl::flat_hash_map<uint64_t, std::shared_ptr<SendOp>> ops;
   // Shared with user threads:
@@ -129,11 +130,48 @@ struct RecvOp {
   absl::Span<uint8_t> dest;
 };
 
+// Registered ranges, so that a send from registered memory hands UCX its memory handle (UCX
+// would otherwise register, or stage through a bounce buffer, per transfer). Thread-safe.
+class RegionTable {
+ public:
+  void Add(const void* data, size_t size, ucp_mem_h memh) {
+    absl::MutexLock lock(&mu_);
+    ranges_[reinterpret_cast<uintptr_t>(data)] = {size, memh};
+  }
+  void Remove(const void* data) {
+    absl::MutexLock lock(&mu_);
+    ranges_.erase(reinterpret_cast<uintptr_t>(data));
+  }
+  // The handle of a registered range that contains [data, data + size), or nullptr.
+  ucp_mem_h Find(const void* data, size_t size) const {
+    const auto start = reinterpret_cast<uintptr_t>(data);
+    absl::MutexLock lock(&mu_);
+    auto it = ranges_.upper_bound(start);
+    if (it == ranges_.begin()) return nullptr;
+    --it;
+    const auto [range_size, memh] = it->second;
+    return start + size <= it->first + range_size ? memh : nullptr;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<uintptr_t, std::pair<size_t, ucp_mem_h>> ranges_ ABSL_GUARDED_BY(mu_);
+};
+
 class UcxRegion final : public MemoryRegion {
  public:
-  UcxRegion(ucp_context_h context, ucp_mem_h memh, void* data, size_t size, MemoryKind kind)
-      : context_(context), memh_(memh), data_(data), size_(size), kind_(kind) {}
+  UcxRegion(ucp_context_h context, ucp_mem_h memh, void* data, size_t size, MemoryKind kind,
+            std::shared_ptr<RegionTable> table)
+      : context_(context),
+        memh_(memh),
+        data_(data),
+        size_(size),
+        kind_(kind),
+        table_(std::move(table)) {
+    table_->Add(data_, size_, memh_);
+  }
   ~UcxRegion() override {
+    table_->Remove(data_);
     if (ucs_status_t s = ucp_mem_unmap(context_, memh_); s != UCS_OK) {
       KVWIRE_LOG(WARNING) << "ucp_mem_unmap: " << ucs_status_string(s);
     }
@@ -150,6 +188,7 @@ class UcxRegion final : public MemoryRegion {
   void* data_;
   size_t size_;
   MemoryKind kind_;
+  std::shared_ptr<RegionTable> table_;
 };
 
 class UcxTransport final : public InboxTransport {
@@ -168,9 +207,19 @@ class UcxTransport final : public InboxTransport {
   void Post(std::function<void()> fn);
   absl::StatusOr<std::shared_ptr<SendOp>> StartSendOp(const std::shared_ptr<ConnState>& conn,
                                                       std::shared_ptr<SendOp> op);
+  void SendOnWorker(const std::shared_ptr<SendOp>& op);
   void CancelOpOnWorker(SendOp* op);
   void CancelRequestOnWorker(ConnState* conn, RequestId request_id);
   void CloseConnOnWorker(const std::shared_ptr<ConnState>& conn);
+
+  // A thread waiting for a send may drive the worker itself for a short while rather than wait
+  // for the progress thread to notice the completion and wake it: on a small machine that saves
+  // two thread switches per round trip. While anyone drives, the progress thread stands aside.
+  absl::Duration drive_window() const { return drive_window_; }
+  void BeginDriving() { drivers_.fetch_add(1); }
+  void EndDriving();
+  // Runs queued commands and one round of worker progress if the worker is free; false if not.
+  bool TryDrive();
 
  private:
   UcxTransport() = default;
@@ -182,6 +231,7 @@ class UcxTransport final : public InboxTransport {
   void Loop();
   bool RunCommands();
   void SleepUntilActivity();
+  void StandAside();
   void Shutdown();
 
   ucs_status_t CreateEp(const void* address, ucp_err_handler_cb_t cb, void* arg, ucp_ep_h* ep);
@@ -225,7 +275,13 @@ class UcxTransport final : public InboxTransport {
   std::string address_;
   Capabilities caps_;
   absl::Duration busy_poll_;
-  // Progress thread only:
+  absl::Duration drive_window_;
+  std::shared_ptr<RegionTable> regions_ = std::make_shared<RegionTable>();
+  // Whoever runs UCX (the progress thread or a driving waiter) holds worker_mu_; everything
+  // marked "worker only" is touched only under it.
+  absl::Mutex worker_mu_;
+  std::atomic<int> drivers_{0};
+  // Worker only:
   absl::flat_hash_map<uint64_t, std::shared_ptr<ConnState>> conns_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Peer>> peers_;
   std::vector<RequestHandle> closing_;  // endpoint close requests still in progress

@@ -166,7 +166,7 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxTransport::RegisterMemory(void*
   params.memory_type = kind == MemoryKind::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
   ucp_mem_h memh = nullptr;
   KVWIRE_RETURN_IF_ERROR(FromUcs(ucp_mem_map(context_.get(), &params, &memh), "ucp_mem_map"));
-  return std::make_unique<UcxRegion>(context_.get(), memh, data, bytes, kind);
+  return std::make_unique<UcxRegion>(context_.get(), memh, data, bytes, kind, regions_);
 }
 
 }  // namespace kvwire::transport::ucx

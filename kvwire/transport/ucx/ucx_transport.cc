@@ -2,6 +2,7 @@
 // described in ucx_internal.h; the receiving side lives in ucx_receive.cc.
 #include "kvwire/transport/ucx/ucx_transport.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -45,6 +46,7 @@ absl::StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const UcxOptions
 
 absl::Status UcxTransport::Init(const UcxOptions& options) {
   busy_poll_ = options.busy_poll;
+  drive_window_ = options.drive_window;
   KVWIRE_RETURN_IF_ERROR(InitContext(options));
   KVWIRE_RETURN_IF_ERROR(InitWorker());
   KVWIRE_RETURN_IF_ERROR(InitWakeup());
@@ -179,9 +181,18 @@ bool UcxTransport::RunCommands() {
 void UcxTransport::Loop() {
   auto last_activity = absl::Now();
   while (!stop_.load(std::memory_order_acquire)) {
-    const bool ran = RunCommands();
-    const unsigned progressed = ucp_worker_progress(worker_.get());
-    if (ran || progressed != 0) {
+    if (drivers_.load() > 0) {
+      StandAside();
+      last_activity = absl::Now();
+      continue;
+    }
+    bool active = false;
+    {
+      absl::MutexLock lock(&worker_mu_);
+      active = RunCommands();
+      active = ucp_worker_progress(worker_.get()) != 0 || active;
+    }
+    if (active) {
       last_activity = absl::Now();
     } else if (absl::Now() - last_activity >= busy_poll_) {
       SleepUntilActivity();
@@ -192,12 +203,45 @@ void UcxTransport::Loop() {
       sched_yield();
     }
   }
+  absl::MutexLock lock(&worker_mu_);
   Shutdown();
 }
 
+bool UcxTransport::TryDrive() {
+  if (!worker_mu_.TryLock()) return false;
+  RunCommands();
+  ucp_worker_progress(worker_.get());
+  worker_mu_.Unlock();
+  return true;
+}
+
+void UcxTransport::EndDriving() {
+  if (drivers_.fetch_sub(1) == 1 && sleeping_.load()) {
+    const uint64_t one = 1;  // Hand the worker back to the progress thread.
+    (void)!::write(wake_fd_.get(), &one, sizeof(one));
+  }
+}
+
+// While a waiter drives the worker the progress thread sleeps rather than spins: on a machine
+// with few cores a third spinning thread would starve the peer it is waiting for.
+void UcxTransport::StandAside() {
+  sleeping_.store(true);
+  if (drivers_.load() > 0) {
+    pollfd p{wake_fd_.get(), POLLIN, 0};
+    (void)poll(&p, 1, /*timeout_ms=*/1);
+  }
+  sleeping_.store(false);
+  uint64_t drained = 0;
+  while (::read(wake_fd_.get(), &drained, sizeof(drained)) > 0) {
+  }
+}
+
 void UcxTransport::SleepUntilActivity() {
-  // ucp_worker_arm reports BUSY while events are pending; then keep polling instead.
-  if (ucp_worker_arm(worker_.get()) != UCS_OK) return;
+  {
+    // ucp_worker_arm reports BUSY while events are pending; then keep polling instead.
+    absl::MutexLock lock(&worker_mu_);
+    if (ucp_worker_arm(worker_.get()) != UCS_OK) return;
+  }
   sleeping_.store(true);
   if (!has_cmds_.load() && !stop_.load()) {
     epoll_event events[2];
@@ -318,6 +362,16 @@ class UcxSendOperation final : public SendOperation {
     }
   }
   absl::Status Wait(Deadline deadline) override {
+    UcxTransport* owner = op_->conn->owner;
+    if (!op_->completion.Done() && owner->drive_window() > absl::ZeroDuration()) {
+      owner->BeginDriving();
+      const Deadline drive_until =
+          Deadline::Earliest(deadline, Deadline::In(owner->drive_window()));
+      while (!op_->completion.Done() && !drive_until.Expired()) {
+        if (!owner->TryDrive()) sched_yield();
+      }
+      owner->EndDriving();
+    }
     return op_->completion.Wait(deadline, absl::StrCat("send of request ", op_->request_id));
   }
   bool Done() const override { return op_->completion.Done(); }
@@ -447,32 +501,47 @@ absl::StatusOr<std::shared_ptr<SendOp>> UcxTransport::StartSendOp(
     }
   }
   op->conn = conn;
-  Post([this, op] {
-    ConnState* c = op->conn.get();
-    if (c->ep == nullptr) {
-      op->completion.Finish(absl::UnavailableError("connection is closed"));
-      return;
-    }
-    c->ops[op->send_id] = op;
-    ucp_request_param_t params{};
-    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    params.cb.send = &OnSendDone;
-    params.user_data = op.get();
-    if (op->kind == MemoryKind::kCuda) {
-      params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
-      params.memory_type = UCS_MEMORY_TYPE_CUDA;
-    }
-    ucs_status_ptr_t req =
-        ucp_am_send_nbx(c->ep, kAmFrame, op->am_header.data(), op->am_header.size(), op->payload,
-                        op->payload_bytes, &params);
-    if (UCS_PTR_IS_PTR(req)) {
-      op->request.reset(req);
-      op->self_ref = op;
-    } else {
-      LocalDone(op.get(), UCS_PTR_STATUS(req));
-    }
-  });
+  op->memh = regions_->Find(op->payload, op->payload_bytes);
+  // Sending inline saves a hand-over to the progress thread; queued commands go first so frames
+  // keep their order.
+  if (!has_cmds_.load() && worker_mu_.TryLock()) {
+    RunCommands();
+    SendOnWorker(op);
+    worker_mu_.Unlock();
+  } else {
+    Post([this, op] { SendOnWorker(op); });
+  }
   return op;
+}
+
+void UcxTransport::SendOnWorker(const std::shared_ptr<SendOp>& op) {
+  ConnState* c = op->conn.get();
+  if (c->ep == nullptr) {
+    op->completion.Finish(absl::UnavailableError("connection is closed"));
+    return;
+  }
+  c->ops[op->send_id] = op;
+  ucp_request_param_t params{};
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  params.cb.send = &OnSendDone;
+  params.user_data = op.get();
+  if (op->kind == MemoryKind::kCuda) {
+    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    params.memory_type = UCS_MEMORY_TYPE_CUDA;
+  }
+  if (op->memh != nullptr) {
+    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+    params.memh = op->memh;
+  }
+  ucs_status_ptr_t req =
+      ucp_am_send_nbx(c->ep, kAmFrame, op->am_header.data(), op->am_header.size(), op->payload,
+                      op->payload_bytes, &params);
+  if (UCS_PTR_IS_PTR(req)) {
+    op->request.reset(req);
+    op->self_ref = op;
+  } else {
+    LocalDone(op.get(), UCS_PTR_STATUS(req));
+  }
 }
 
 void UcxTransport::OnSendDone(void* request, ucs_status_t status, void* user_data) {
