@@ -109,6 +109,7 @@ grpc::Status ControlService::Generate(grpc::ServerContext* context,
     metrics_.in_flight->Add(1);
   }
   RequestRecord record;
+  record.request_id = NewRequestId();
   absl::Status status = RunGenerate(context, *request, writer, &record);
   if (!status.ok() && context->IsCancelled()) {
     status = absl::CancelledError("the client cancelled the request");
@@ -138,8 +139,7 @@ absl::Status ControlService::RunGenerate(grpc::ServerContext* context,
                                          const v1::GenerateRequest& request,
                                          grpc::ServerWriter<v1::GenerateResponse>* writer,
                                          RequestRecord* record) {
-  KVWIRE_ASSIGN_OR_RETURN(Plan plan, Prepare(request));
-  record->request_id = plan.request_id;
+  KVWIRE_ASSIGN_OR_RETURN(Plan plan, Prepare(request, record->request_id));
   KVWIRE_ASSIGN_OR_RETURN(Reservation reservation, Reserve(context, plan));
   registry_->AddInFlight(reservation.decode.node_id, 1);
   absl::StatusOr<v1::PrefillResponse> prefill = Prefill(context, plan, reservation);
@@ -150,10 +150,11 @@ absl::Status ControlService::RunGenerate(grpc::ServerContext* context,
   return status;
 }
 
-absl::StatusOr<ControlService::Plan> ControlService::Prepare(const v1::GenerateRequest& request) {
+absl::StatusOr<ControlService::Plan> ControlService::Prepare(const v1::GenerateRequest& request,
+                                                             uint64_t request_id) {
   Plan plan;
   plan.start = absl::Now();
-  plan.request_id = NewRequestId();
+  plan.request_id = request_id;
   plan.input = InputFromProto(request);
   plan.sampling = request.sampling();
   KVWIRE_RETURN_IF_ERROR(ValidateRequest(plan.input, options_.limits));

@@ -89,7 +89,7 @@ class ControlService final : public v1::ControlPlane::Service {
 
   absl::Status RunGenerate(grpc::ServerContext* context, const v1::GenerateRequest& request,
                            grpc::ServerWriter<v1::GenerateResponse>* writer, RequestRecord* record);
-  absl::StatusOr<Plan> Prepare(const v1::GenerateRequest& request);
+  absl::StatusOr<Plan> Prepare(const v1::GenerateRequest& request, uint64_t request_id);
   absl::StatusOr<Reservation> Reserve(grpc::ServerContext* context, const Plan& plan);
   absl::StatusOr<v1::PrefillResponse> Prefill(grpc::ServerContext* context, const Plan& plan,
                                               const Reservation& reservation);

@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <set>
 #include <utility>
@@ -108,11 +109,18 @@ absl::StatusOr<std::vector<BudgetPolicy>> ParseRoot(const YAML::Node& root,
   return policies;
 }
 
+// Shortest text that reads back as the same float (yaml-cpp would print 0.01f as 0.00999999978).
+std::string FloatText(float value) {
+  char buffer[32];
+  const std::to_chars_result r = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return std::string(buffer, r.ptr);
+}
+
 void EmitBudget(const Budget& budget, YAML::Emitter& out) {
   out << YAML::Key << "budget" << YAML::Value << YAML::BeginMap;
   switch (budget.kind) {
     case BudgetKind::kKeptFraction:
-      out << YAML::Key << "kept_fraction" << YAML::Value << budget.kept_fraction;
+      out << YAML::Key << "kept_fraction" << YAML::Value << FloatText(budget.kept_fraction);
       break;
     case BudgetKind::kBytesPerToken:
       out << YAML::Key << "bytes_per_token" << YAML::Value << budget.bytes_per_token;
@@ -120,7 +128,7 @@ void EmitBudget(const Budget& budget, YAML::Emitter& out) {
     case BudgetKind::kAuto:
       out << YAML::Key << "auto" << YAML::Value << YAML::BeginMap << YAML::Key << "ttft_ms"
           << YAML::Value << budget.auto_ttft_ms << YAML::Key << "min_kept_fraction" << YAML::Value
-          << budget.auto_min_kept_fraction << YAML::EndMap;
+          << FloatText(budget.auto_min_kept_fraction) << YAML::EndMap;
       break;
   }
   out << YAML::EndMap;
@@ -146,8 +154,8 @@ std::string SerializePolicies(const std::vector<BudgetPolicy>& policies) {
     out << YAML::Key << "tenant" << YAML::Value << YAML::DoubleQuoted << p.tenant;
     out << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << p.model;
     EmitBudget(p.default_budget, out);
-    out << YAML::Key << "min_kept_fraction" << YAML::Value << p.min_kept_fraction;
-    out << YAML::Key << "max_kept_fraction" << YAML::Value << p.max_kept_fraction;
+    out << YAML::Key << "min_kept_fraction" << YAML::Value << FloatText(p.min_kept_fraction);
+    out << YAML::Key << "max_kept_fraction" << YAML::Value << FloatText(p.max_kept_fraction);
     if (!p.method.empty()) out << YAML::Key << "method" << YAML::Value << p.method;
     if (!p.kv_dtype.empty()) out << YAML::Key << "kv_dtype" << YAML::Value << p.kv_dtype;
     out << YAML::EndMap;
