@@ -294,6 +294,8 @@ int main(int argc, char** argv) {
   PolicyFlags get_flags, set_flags;
   CLI::App app{"kvwire: client of the kvwire control plane"};
   app.require_subcommand(1);
+  // A repeated flag means its last value, as in most command-line tools (and handy in scripts).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--control", g.control, "control plane address HOST:PORT");
   app.add_option("--tls-ca", g.tls_ca, "PEM roots to verify the control plane (enables TLS)");
   app.add_flag("--tls", g.tls, "TLS with the system roots");
