@@ -258,30 +258,6 @@ void ControlService::Release(const Reservation& reservation) {
 
 namespace {
 
-// Renders generated ids as text for the client; control tokens (end of turn ...) are not text.
-class TextRenderer {
- public:
-  explicit TextRenderer(const runtime::Tokenizer& tokenizer)
-      : tokenizer_(tokenizer), decoder_(tokenizer) {}
-  absl::StatusOr<std::string> Push(uint32_t id) {
-    ++tokens_;
-    if (tokenizer_.token_type(static_cast<int32_t>(id)) == runtime::TokenType::kControl) {
-      return std::string();
-    }
-    absl::StatusOr<std::string> text = decoder_.Push(static_cast<int32_t>(id));
-    if (!text.ok())
-      return absl::DataLossError(absl::StrCat("token id ", id, " is not in the vocabulary"));
-    return text;
-  }
-  std::string Finish() { return decoder_.Finish(); }
-  uint32_t tokens() const { return tokens_; }
-
- private:
-  const runtime::Tokenizer& tokenizer_;
-  runtime::StreamDecoder decoder_;
-  uint32_t tokens_ = 0;
-};
-
 bool WriteText(grpc::ServerWriter<v1::GenerateResponse>* writer, const std::string& text) {
   if (text.empty()) return true;
   v1::GenerateResponse response;
@@ -319,28 +295,27 @@ absl::Status ControlService::RelayDecode(grpc::ServerContext* context, const Pla
   auto ctx = Outbound(context, options_.decode_timeout);
   auto stub = v1::DecodeService::NewStub(ChannelFor(reservation.decode.grpc_address));
   std::unique_ptr<grpc::ClientReader<v1::DecodeResponse>> reader = stub->Decode(ctx.get(), req);
-  TextRenderer text(*tokenizer_);
-  // The first token exists as soon as prefill returns: that is the time to first token.
-  KVWIRE_ASSIGN_OR_RETURN(std::string first, text.Push(prefill.first_token_id()));
-  const double ttft_ms = MillisSince(plan.start);
-  if (!WriteText(writer, first)) ctx->TryCancel();
+  // The decode node streams every generated token, the prefill node's first one included, with
+  // its text already cut at UTF-8 character boundaries; it is relayed as is.
   v1::DecodeResponse event;
   v1::RequestStats decode_stats;
   bool finished = false;
+  double ttft_ms = -1;
+  uint32_t tokens = 0;
   while (reader->Read(&event)) {
+    if (ttft_ms < 0) ttft_ms = MillisSince(plan.start);
     if (event.has_final_stats()) {
       decode_stats = event.final_stats();
       finished = true;
       continue;
     }
-    KVWIRE_ASSIGN_OR_RETURN(std::string delta, text.Push(event.token().token_id()));
-    if (!WriteText(writer, delta)) ctx->TryCancel();  // the client went away
+    ++tokens;
+    if (!WriteText(writer, event.token().text())) ctx->TryCancel();  // the client went away
   }
   const std::string where = absl::StrCat("Decode on decode node ", reservation.decode.node_id);
   KVWIRE_RETURN_IF_ERROR(Annotate(FromGrpc(reader->Finish()), where));
   if (!finished)
     return absl::DataLossError(absl::StrCat(where, ": stream ended without final stats"));
-  if (!WriteText(writer, text.Finish())) return absl::CancelledError("the client went away");
   *record = MergeStats(prefill, decode_stats);
   record->request_id = plan.request_id;
   record->prompt_tokens = static_cast<uint32_t>(plan.prompt_ids.size());
@@ -348,7 +323,7 @@ absl::Status ControlService::RelayDecode(grpc::ServerContext* context, const Pla
   if (record->budget_kept_fraction == 0) record->budget_kept_fraction = plan.budget.kept_fraction;
   if (record->method.empty()) record->method = plan.budget.method;
   if (record->decode_node_id.empty()) record->decode_node_id = reservation.decode.node_id;
-  if (record->generated_tokens == 0) record->generated_tokens = text.tokens();
+  if (record->generated_tokens == 0) record->generated_tokens = tokens;
   v1::GenerateResponse final_event;
   *final_event.mutable_final_stats() = RecordToProto(*record);
   if (!writer->Write(final_event)) return absl::CancelledError("the client went away");

@@ -2,8 +2,9 @@
 //
 // Generate: validate -> tokenize (chat template for chat input) -> resolve the budget -> pick a
 // decode node and Reserve a slot -> pick a prefill node and Prefill with the grant -> relay the
-// Decode stream as text deltas -> final RequestStats (prefill and decode stats merged, TTFT
-// measured here). Reserve, and Prefill when it fails with UNAVAILABLE, are retried on another
+// Decode stream's text as text deltas (the decode node streams every generated token, the
+// prefill node's first one included) -> final RequestStats (prefill and decode stats merged;
+// TTFT measured here, from request arrival to the first Decode event). Reserve, and Prefill when it fails with UNAVAILABLE, are retried on another
 // node (up to max_attempts); a reserved slot is Released whenever the request fails after
 // Reserve. Every outbound RPC carries a deadline and inherits the client's cancellation and
 // deadline (ClientContext::FromServerContext).
