@@ -154,6 +154,12 @@ size_t GrantTable::live_grants() {
   return grants_.size();
 }
 
+bool GrantTable::Contains(RequestId request_id) {
+  absl::MutexLock lock(&mu_);
+  ExpireLocked();
+  return grants_.contains(request_id);
+}
+
 uint64_t GrantTable::free_bytes_granted() {
   absl::MutexLock lock(&mu_);
   uint64_t total = 0;

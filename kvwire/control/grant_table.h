@@ -70,6 +70,8 @@ class GrantTable {
   int ExpireLeases();
 
   size_t live_grants();
+  // Whether `request_id` holds a grant (false once its lease lapsed or it was released).
+  bool Contains(RequestId request_id);
   uint32_t capacity() const { return options_.capacity; }
   // Bytes granted and not yet used, over all live grants.
   uint64_t free_bytes_granted();
