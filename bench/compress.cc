@@ -16,6 +16,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
+#include "bench/fidelity_data.h"
+#include "prefill_node/compressing_prefill.h"
+#include "runtime/tokenizer_gguf.h"
 #include "kvwire/cache/frames.h"
 #include "kvwire/compress/compressor.h"
 
@@ -31,6 +34,8 @@ struct CompressBenchOptions {
   std::string budgets = "0.1,0.2,0.5";
   int reps = 5;
   std::string json;
+  std::string model;   // with a model: compression time as a share of the real prefill
+  std::string corpus = kDefaultCorpus;
 };
 
 struct Layer {
@@ -70,7 +75,24 @@ struct Result {
   std::string method;
   float budget = 0;
   double compress_ms = 0, pack_ms = 0, gbps = 0, wire_ratio = 0;
+  double prefill_share = -1;  // compression / prefill compute on the real model; -1 without one
 };
+
+// Runs the real model's prefill with per-layer compression over a corpus prompt of o.tokens
+// tokens, reps times, and returns the median share compression / prefill compute.
+absl::StatusOr<double> PrefillShare(const CompressBenchOptions& o, runtime::Runner& runner,
+                                    absl::Span<const int32_t> prompt,
+                                    const compress::Compressor& c) {
+  prefill::CompressingPrefill pipeline(&runner);
+  std::vector<double> shares;
+  for (int r = 0; r < std::max(1, o.reps / 2); ++r) {
+    prefill::PrefillResult result;
+    absl::StatusOr<cache::KvCache> cache = pipeline.CompressPrompt(prompt, c, &result);
+    if (!cache.ok()) return cache.status();
+    shares.push_back(result.compress_seconds / result.prefill_seconds);
+  }
+  return Median(shares);
+}
 
 absl::StatusOr<Result> Measure(const CompressBenchOptions& o, Layer& layer,
                                const compress::Compressor& c, float budget,
@@ -116,9 +138,26 @@ int RunCompressBench(const CompressBenchOptions& o) {
   Layer layer;
   MakeLayer(o, &layer);
   kernels::ThreadPool pool(0);
+  std::unique_ptr<runtime::Model> model;
+  std::unique_ptr<runtime::Runner> runner;
+  std::vector<int32_t> prompt;
+  if (!o.model.empty()) {
+    auto m = runtime::Model::Load(o.model);
+    auto corpus = LoadCorpus(o.corpus);
+    if (!m.ok() || !corpus.ok()) {
+      std::fprintf(stderr, "compress: %s\n", (!m.ok() ? m.status() : corpus.status()).ToString().c_str());
+      return 1;
+    }
+    model = std::move(*m);
+    auto tok = runtime::LoadTokenizer(model->gguf());
+    if (!tok.ok()) return 1;
+    prompt = (*tok)->Encode(corpus->substr(corpus->size() / 3, 40 * o.tokens));
+    prompt.resize(std::min<size_t>(prompt.size(), o.tokens));
+    runner = std::make_unique<runtime::Runner>(*model, 2);
+  }
   std::vector<Result> results;
-  std::printf("%-40s %7s %11s %9s %9s %10s\n", "method", "budget", "compress_ms", "pack_ms",
-              "GB/s", "wire/raw");
+  std::printf("%-40s %7s %11s %9s %9s %10s%s\n", "method", "budget", "compress_ms", "pack_ms",
+              "GB/s", "wire/raw", runner ? "  of_prefill" : "");
   for (absl::string_view method : absl::StrSplit(o.methods, ',')) {
     auto spec = compress::CompressionSpec::Parse(method);
     if (!spec.ok()) {
@@ -137,8 +176,18 @@ int RunCompressBench(const CompressBenchOptions& o) {
         std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
         return 1;
       }
-      std::printf("%-40s %7.2f %11.2f %9.2f %9.3f %10.4f\n", r->method.c_str(), budget,
+      if (runner) {
+        auto share = PrefillShare(o, *runner, prompt, *c);
+        if (!share.ok()) {
+          std::fprintf(stderr, "%s\n", share.status().ToString().c_str());
+          return 1;
+        }
+        r->prefill_share = *share;
+      }
+      std::printf("%-40s %7.2f %11.2f %9.2f %9.3f %10.4f", r->method.c_str(), budget,
                   r->compress_ms, r->pack_ms, r->gbps, r->wire_ratio);
+      if (runner) std::printf(" %13.2f%%", 100 * r->prefill_share);
+      std::printf("\n");
       results.push_back(*r);
     }
   }
@@ -149,8 +198,8 @@ int RunCompressBench(const CompressBenchOptions& o) {
       const Result& r = results[i];
       out << absl::StrFormat(
           "    {\"method\": \"%s\", \"budget\": %.3f, \"compress_ms\": %.4f, \"pack_ms\": %.4f, "
-          "\"gbps\": %.4f, \"wire_ratio\": %.5f}%s\n",
-          r.method, r.budget, r.compress_ms, r.pack_ms, r.gbps, r.wire_ratio,
+          "\"gbps\": %.4f, \"wire_ratio\": %.5f, \"prefill_share\": %.5f}%s\n",
+          r.method, r.budget, r.compress_ms, r.pack_ms, r.gbps, r.wire_ratio, r.prefill_share,
           i + 1 < results.size() ? "," : "");
     }
     out << "  ]\n}\n";
@@ -169,6 +218,8 @@ void SetupCompress(CLI::App& sub, std::function<int()>* run) {
   sub.add_option("--budgets", o->budgets, "comma-separated kept fractions");
   sub.add_option("--reps", o->reps, "repetitions per configuration")->check(CLI::Range(1, 1000));
   sub.add_option("--json", o->json, "write results as JSON");
+  sub.add_option("--model", o->model, "also measure compression as a share of this model's prefill");
+  sub.add_option("--corpus", o->corpus, "text for the real-model prompt");
   *run = [o] { return RunCompressBench(*o); };
 }
 

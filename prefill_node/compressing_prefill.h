@@ -37,6 +37,9 @@ struct PrefillResult {
   int64_t kept_entries = 0;        // over all layers and KV heads
 };
 
+// The output projection of `layer` as fp32 [hidden][n_heads*head_dim] (what +critical needs).
+std::vector<float> DequantizeOutputProjection(const runtime::Model& model, int layer);
+
 class CompressingPrefill {
  public:
   // `runner` must outlive this object; its model is the one compressed.

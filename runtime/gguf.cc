@@ -116,7 +116,7 @@ int GgufScalarSize(GgufType t) {
 // Walks the file once, filling a GgufFile. Friend of GgufFile and GgufValue.
 class GgufParser {
  public:
-  GgufParser(GgufFile* file) : file_(file), c_(file->bytes_, file->size_) {}
+  explicit GgufParser(GgufFile* file) : file_(file), c_(file->bytes_, file->size_) {}
 
   absl::Status Run() {
     KVWIRE_ASSIGN_OR_RETURN(uint64_t n_tensors, Header());

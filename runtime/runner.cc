@@ -21,6 +21,21 @@ void AddBias(float* y, const std::vector<float>& bias, int64_t n) {
 
 }  // namespace
 
+std::vector<kernels::KvHeadView> HeadViews(const cache::LayerCache& layer) {
+  std::vector<kernels::KvHeadView> views;
+  views.reserve(layer.heads.size());
+  for (const cache::HeadSegment& seg : layer.heads) {
+    views.push_back({seg.keys.data(), seg.values.data(), seg.log_votes.data(),
+                     static_cast<int64_t>(seg.size())});
+  }
+  return views;
+}
+
+kernels::AttentionShape AttentionShapeFor(const ModelConfig& c, int64_t n_queries) {
+  return {n_queries, c.n_heads, c.n_kv_heads, c.head_dim,
+          1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+}
+
 Runner::Runner(const Model& model, int n_threads) : model_(model), pool_(n_threads) {}
 
 absl::Status Runner::Validate(absl::Span<const int32_t> tokens, int32_t first_position,
@@ -99,7 +114,6 @@ absl::StatusOr<std::vector<float>> Runner::Forward(absl::Span<const int32_t> tok
 
 void Runner::Attend(int layer, int64_t n, int32_t first_position, cache::KvCache* cache) {
   const ModelConfig& c = model_.config();
-  std::vector<kernels::KvHeadView> views(c.n_kv_heads);
   for (int h = 0; h < c.n_kv_heads; ++h) {
     cache::HeadSegment& seg = cache->layers[layer].heads[h];
     for (int64_t t = 0; t < n; ++t) {
@@ -107,12 +121,9 @@ void Runner::Attend(int layer, int64_t n, int32_t first_position, cache::KvCache
       seg.Append(first_position + static_cast<int32_t>(t), 0.0f, k_.data() + at, v_.data() + at,
                  c.head_dim);
     }
-    views[h] = {seg.keys.data(), seg.values.data(), seg.log_votes.data(),
-                static_cast<int64_t>(seg.size())};
   }
-  const kernels::AttentionShape shape{n, c.n_heads, c.n_kv_heads, c.head_dim,
-                                      1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-  kernels::Attention(shape, q_.data(), views.data(), attn_.data(), &pool_);
+  const auto views = HeadViews(cache->layers[layer]);
+  kernels::Attention(AttentionShapeFor(c, n), q_.data(), views.data(), attn_.data(), &pool_);
 }
 
 absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const ForwardOptions& options,

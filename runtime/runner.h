@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kvwire/cache/kv_cache.h"
+#include "kvwire/kernels/attention.h"
 #include "kvwire/kernels/thread_pool.h"
 #include "runtime/model.h"
 
@@ -54,6 +55,13 @@ struct ForwardOptions {
   PrefillHook on_layer;     // called once per layer after the layer's output is computed
   bool all_logits = false;  // logits for every token instead of only the last
 };
+
+// Kernel views of one layer's cache (keys, values, log-votes as bias), e.g. to run
+// kernels::Attention with other queries over a compressed cache (attention-output error).
+// Valid while the layer is not modified.
+std::vector<kernels::KvHeadView> HeadViews(const cache::LayerCache& layer);
+// The model's attention shape for n_queries queries (scale 1/sqrt(head_dim)).
+kernels::AttentionShape AttentionShapeFor(const ModelConfig& config, int64_t n_queries);
 
 inline int32_t DecodePosition(const cache::KvCache& cache, int32_t generated) {
   return cache.original_length + generated;

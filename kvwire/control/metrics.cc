@@ -218,6 +218,43 @@ absl::StatusOr<Histogram*> MetricsRegistry::AddHistogram(absl::string_view name,
   return (*entry)->histogram.get();
 }
 
+namespace {
+template <typename T>
+T* LogIfFailed(absl::StatusOr<T*> metric, absl::string_view name) {
+  if (metric.ok()) return *metric;
+  KVWIRE_LOG(WARNING) << "metric " << name << " is not exported: " << metric.status();
+  return nullptr;
+}
+}  // namespace
+
+Counter* MetricsRegistry::CounterOrDetached(absl::string_view name, absl::string_view help) {
+  if (Counter* c = LogIfFailed(AddCounter(name, help), name)) return c;
+  auto entry = std::make_unique<Entry>();
+  entry->counter = std::make_unique<Counter>();
+  absl::MutexLock lock(&mu_);
+  detached_.push_back(std::move(entry));
+  return detached_.back()->counter.get();
+}
+
+Gauge* MetricsRegistry::GaugeOrDetached(absl::string_view name, absl::string_view help) {
+  if (Gauge* g = LogIfFailed(AddGauge(name, help), name)) return g;
+  auto entry = std::make_unique<Entry>();
+  entry->gauge = std::make_unique<Gauge>();
+  absl::MutexLock lock(&mu_);
+  detached_.push_back(std::move(entry));
+  return detached_.back()->gauge.get();
+}
+
+Histogram* MetricsRegistry::HistogramOrDetached(absl::string_view name, absl::string_view help,
+                                                std::vector<double> upper_bounds) {
+  if (Histogram* h = LogIfFailed(AddHistogram(name, help, upper_bounds), name)) return h;
+  auto entry = std::make_unique<Entry>();
+  entry->histogram = std::make_unique<Histogram>(std::move(upper_bounds));
+  absl::MutexLock lock(&mu_);
+  detached_.push_back(std::move(entry));
+  return detached_.back()->histogram.get();
+}
+
 void MetricsRegistry::RenderEntry(const Entry& e, std::string* out) {
   if (e.kind == Kind::kCounter) {
     absl::StrAppend(out, e.name, LabelText(e.labels), " ", FormatValue(e.counter->value()), "\n");

@@ -88,12 +88,19 @@ class MetricsRegistry {
                                           MetricLabels labels = {});
   std::string RenderText() const;
 
+  // Like Add*, but never fail: on an error (a name registered twice, e.g. two services of one
+  // kind in a test process) they log it and return a metric that counts but is not exported.
+  Counter* CounterOrDetached(absl::string_view name, absl::string_view help);
+  Gauge* GaugeOrDetached(absl::string_view name, absl::string_view help);
+  Histogram* HistogramOrDetached(absl::string_view name, absl::string_view help,
+                                 std::vector<double> upper_bounds);
+
  private:
   enum class Kind { kCounter, kGauge, kHistogram };
   struct Entry {
     std::string name;
     std::string help;
-    Kind kind;
+    Kind kind = Kind::kCounter;
     MetricLabels labels;
     std::unique_ptr<Counter> counter;
     std::unique_ptr<Gauge> gauge;
@@ -105,6 +112,7 @@ class MetricsRegistry {
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Entry>> detached_ ABSL_GUARDED_BY(mu_);
 };
 
 class MetricsHttpServer {

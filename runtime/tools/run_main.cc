@@ -1,16 +1,21 @@
 // kvwire-run: generates from a GGUF model on the CPU and reports prefill and decode speed.
 //
-//   kvwire-run --model M.gguf --prompt-ids 504,3575,282 [--max-tokens 32]
-//   kvwire-run --model M.gguf --prompt "Hello" [--chat]      (needs the tokenizer)
+//   kvwire-run --model M.gguf --prompt "Hello" [--chat] [--max-tokens 32]
+//   kvwire-run --model M.gguf --prompt-ids 504,3575,282
+//   compression: --budget 0.2 [--method snapkv/adaptive/merge]: the prompt's cache is compressed
+//                layer by layer during prefill, then decoded with vote-biased attention
 //   sampling: --temperature T --top-p P --seed S (default greedy)
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <iostream>
+#include <memory>
 
 #include "kvwire/base/status.h"
+#include "kvwire/compress/decode_compactor.h"
+#include "prefill_node/compressing_prefill.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
-#include "runtime/tools/token_codec.h"
+#include "runtime/tokenizer_gguf.h"
 #include "runtime/tools/token_ids.h"
 
 namespace kvwire::runtime {
@@ -21,6 +26,9 @@ struct RunFlags {
   bool chat = false;
   int max_tokens = 32;
   int threads = 2;
+  float budget = 1.0f;
+  int64_t decode_budget = 0;  // max KV entries per head during decode; 0 = unbounded
+  std::string method = "snapkv/adaptive/merge";
   SamplingOptions sampling;
 };
 
@@ -28,52 +36,75 @@ double Since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-absl::StatusOr<std::vector<int32_t>> PromptIds(const RunFlags& f, const TokenCodec* codec) {
+absl::StatusOr<std::vector<int32_t>> PromptIds(const RunFlags& f, const Tokenizer& tok) {
   if (!f.prompt_ids.empty()) return ParseTokenIds(f.prompt_ids);
-  if (codec == nullptr) return absl::InvalidArgumentError("--prompt needs a tokenizer");
-  return codec->Encode(f.prompt, f.chat);
+  if (!f.chat) return tok.Encode(f.prompt, {.add_bos = tok.add_bos()});
+  const ChatMessage turn{"user", f.prompt};
+  KVWIRE_ASSIGN_OR_RETURN(const std::string text, tok.ApplyChatTemplate({&turn, 1}, true));
+  // An operator's local tool: the template's markers (and any in the prompt) become specials.
+  return tok.Encode(text, {.parse_special = true});
 }
 
-// Prints one generated token: text when a tokenizer exists, else "id:piece".
-void PrintToken(int32_t id, const TokenCodec* codec, const std::vector<absl::string_view>& vocab) {
-  if (codec != nullptr) {
-    auto text = codec->Decode(absl::MakeConstSpan(&id, 1));
-    std::cout << (text.ok() ? *text : "?") << std::flush;
-    return;
-  }
-  std::cout << id << ":" << (id < static_cast<int32_t>(vocab.size()) ? vocab[id] : "?") << " "
-            << std::flush;
+// The prompt's cache: the full one, or compressed layer by layer when budget < 1.
+absl::StatusOr<std::vector<float>> RunPrefill(const RunFlags& f, Runner& runner,
+                                              absl::Span<const int32_t> prompt,
+                                              cache::KvCache* cache) {
+  if (f.budget >= 1.0f) return runner.Prefill(prompt, {}, cache);
+  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec,
+                          compress::CompressionSpec::Parse(f.method));
+  KVWIRE_ASSIGN_OR_RETURN(const compress::Compressor compressor,
+                          compress::Compressor::Create(spec, f.budget));
+  prefill::CompressingPrefill pipeline(&runner);
+  prefill::PrefillResult result;
+  KVWIRE_ASSIGN_OR_RETURN(*cache, pipeline.CompressPrompt(prompt, compressor, &result));
+  const int64_t full = static_cast<int64_t>(prompt.size()) * cache->shape.n_layers *
+                       cache->shape.n_kv_heads;
+  std::cerr << "compressed with " << spec.ToString() << " at budget " << f.budget << ": "
+            << result.kept_entries << " of " << full << " KV entries kept, compression "
+            << result.compress_seconds * 1e3 << " ms\n";
+  return std::move(result.last_logits);
 }
 
 absl::Status Generate(const RunFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, Model::Load(f.model));
-  auto codec = MakeTokenCodec(*model);
-  const TokenCodec* c = codec.ok() ? codec->get() : nullptr;
-  if (c == nullptr && f.prompt_ids.empty()) return codec.status();
-  KVWIRE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(f, c));
-  const auto vocab = model->gguf()
-                         .GetStringArray("tokenizer.ggml.tokens")
-                         .value_or(std::vector<absl::string_view>{});
-  const int64_t eos = model->gguf().GetInt("tokenizer.ggml.eos_token_id").value_or(-1);
+  KVWIRE_ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(model->gguf()));
+  KVWIRE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(f, *tokenizer));
   Runner runner(*model, f.threads);
   Sampler sampler(f.sampling);
+  StreamDecoder text(*tokenizer);
   cache::KvCache cache;
   auto start = std::chrono::steady_clock::now();
-  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, runner.Prefill(prompt, {}, &cache));
+  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, RunPrefill(f, runner, prompt, &cache));
+  // Continuous merging keeps each head within --decode-budget entries while generating.
+  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec, compress::CompressionSpec::Parse(f.method));
+  compress::DecodeCompactor compactor(spec, model->config().n_heads, f.decode_budget);
+  ForwardOptions decode_options;
+  if (f.decode_budget > 0) {
+    decode_options.window = 1;
+    decode_options.on_layer = [&](const PrefillLayer& pl) {
+      return compactor.OnStep(pl.layer, pl.window_queries, &cache.layers[pl.layer]);
+    };
+  }
   const double prefill_s = Since(start);
   start = std::chrono::steady_clock::now();
   int generated = 0;
-  for (; generated < f.max_tokens; ++generated) {
+  while (generated < f.max_tokens) {
     const int32_t next = sampler.Sample(logits);
-    PrintToken(next, c, vocab);
-    if (next == eos || generated + 1 == f.max_tokens) break;
-    KVWIRE_ASSIGN_OR_RETURN(logits, runner.Decode(next, DecodePosition(cache, generated), &cache));
+    ++generated;
+    if (next == tokenizer->eos_id() || next == tokenizer->im_end_id()) break;
+    KVWIRE_ASSIGN_OR_RETURN(const std::string piece, text.Push(next));
+    std::cout << piece << std::flush;
+    if (generated == f.max_tokens) break;
+    KVWIRE_ASSIGN_OR_RETURN(
+        logits, runner.Decode(next, DecodePosition(cache, generated - 1), &cache, decode_options));
   }
+  std::cout << text.Finish() << "\n";
   const double decode_s = Since(start);
-  std::cout << "\n";
   std::cerr << "prefill: " << prompt.size() << " tokens, " << prompt.size() / prefill_s
-            << " tok/s; decode: " << generated << " steps, "
-            << (generated > 0 ? generated / decode_s : 0.0) << " tok/s\n";
+            << " tok/s; decode: " << generated << " tokens, "
+            << (generated > 1 ? (generated - 1) / decode_s : 0.0) << " tok/s";
+  if (f.decode_budget > 0) std::cerr << "; " << compactor.merges() << " decode-time merges";
+  std::cerr << "\n";
   return absl::OkStatus();
 }
 
@@ -84,16 +115,25 @@ int main(int argc, char** argv) {
   kvwire::runtime::RunFlags f;
   CLI::App app{"Generate with a GGUF Llama-family model on the CPU"};
   app.add_option("--model", f.model, "GGUF model file")->required();
-  auto* text = app.add_option("--prompt", f.prompt, "prompt text (needs the tokenizer)");
-  app.add_option("--prompt-ids", f.prompt_ids, "prompt as comma-separated token ids")
-      ->excludes(text);
-  app.add_flag("--chat", f.chat, "wrap the prompt in the model's chat template");
-  app.add_option("--max-tokens", f.max_tokens, "tokens to generate");
-  app.add_option("--threads", f.threads, "CPU threads");
+  auto* text = app.add_option("--prompt", f.prompt, "prompt text");
+  auto* ids = app.add_option("--prompt-ids", f.prompt_ids, "prompt as comma-separated token ids")
+                  ->excludes(text);
+  app.add_flag("--chat", f.chat, "wrap the prompt text in the model's chat template")
+      ->excludes(ids);
+  app.add_option("--max-tokens", f.max_tokens, "tokens to generate")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--threads", f.threads, "CPU threads")->check(CLI::Range(1, 256));
+  app.add_option("--budget", f.budget, "kept fraction of the prompt's KV cache, (0, 1]");
+  app.add_option("--method", f.method, "compression spec, e.g. snapkv/adaptive/merge");
+  app.add_option("--decode-budget", f.decode_budget,
+                 "max KV entries per head while decoding (continuous merging); 0 = unbounded");
   app.add_option("--temperature", f.sampling.temperature, "0 = greedy");
   app.add_option("--top-p", f.sampling.top_p, "nucleus mass");
   app.add_option("--seed", f.sampling.seed, "sampling seed");
   CLI11_PARSE(app, argc, argv);
+  if (f.prompt.empty() && f.prompt_ids.empty()) {
+    std::cerr << "kvwire-run: give --prompt or --prompt-ids\n";
+    return 2;
+  }
   const absl::Status status = kvwire::runtime::Generate(f);
   if (!status.ok()) {
     std::cerr << "kvwire-run: " << status << "\n";
