@@ -58,25 +58,19 @@ ControlService::ControlService(ControlOptions options, PolicyStore* policies,
 }
 
 void ControlService::InitMetrics(control::MetricsRegistry* m) {
-  // Names are fixed and distinct, so registration cannot fail; value() keeps that an invariant.
-  metrics_.requests =
-      m->AddCounter("kvwire_control_requests_total", "Generate requests received").value();
+  metrics_.requests = m->CounterOrDetached("kvwire_control_requests_total", "Generate requests");
   metrics_.failures =
-      m->AddCounter("kvwire_control_requests_failed_total", "Generate requests failed").value();
+      m->CounterOrDetached("kvwire_control_requests_failed_total", "Generate requests failed");
   metrics_.in_flight =
-      m->AddGauge("kvwire_control_requests_in_flight", "Generate requests in progress").value();
-  metrics_.raw_bytes = m->AddCounter("kvwire_control_raw_kv_bytes_total",
-                                     "Uncompressed KV bytes of completed requests")
-                           .value();
-  metrics_.wire_bytes = m->AddCounter("kvwire_control_wire_bytes_total",
-                                      "KV bytes sent over the data plane by completed requests")
-                            .value();
-  metrics_.ttft_ms = m->AddHistogram("kvwire_control_ttft_ms", "Time to first token (ms)",
-                                     control::ExponentialBuckets(5, 2, 14))
-                         .value();
-  metrics_.retries = m->AddCounter("kvwire_control_retries_total",
-                                   "Reserve/Prefill attempts repeated on another node")
-                         .value();
+      m->GaugeOrDetached("kvwire_control_requests_in_flight", "Generate requests in progress");
+  metrics_.raw_bytes = m->CounterOrDetached("kvwire_control_raw_kv_bytes_total",
+                                            "Uncompressed KV bytes of completed requests");
+  metrics_.wire_bytes = m->CounterOrDetached(
+      "kvwire_control_wire_bytes_total", "KV bytes sent over the data plane by completed requests");
+  metrics_.ttft_ms = m->HistogramOrDetached("kvwire_control_ttft_ms", "Time to first token (ms)",
+                                            control::ExponentialBuckets(5, 2, 14));
+  metrics_.retries = m->CounterOrDetached("kvwire_control_retries_total",
+                                          "Reserve/Prefill attempts repeated on another node");
 }
 
 std::shared_ptr<grpc::Channel> ControlService::ChannelFor(const std::string& address) {

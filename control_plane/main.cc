@@ -1,6 +1,6 @@
 // kvwire-control: the ControlPlane server (composition root).
 //
-//   kvwire-control --listen 0.0.0.0:7000 --policy-file budgets.yaml --model smollm2.gguf \
+//   kvwire-control --listen 0.0.0.0:7000 --policy-file budgets.yaml --model smollm2.gguf
 //       [--metrics 0.0.0.0:9100] [--tls-cert c.pem --tls-key k.pem] [--admin-token-file t]
 //
 // Prints "kvwire-control listening on HOST:PORT" on stdout once serving. SIGHUP re-reads the

@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/deadline.h"
+#include "kvwire/control/metrics.h"
 #include "runtime/tiny_model.h"
 #include "tests/control_plane/subprocess.h"
 
@@ -214,6 +215,19 @@ TEST_F(ControlCliTest, InvalidGenerateInputsAreInvalidArgument) {
   RunResult nodes = Cli({"nodes"});
   EXPECT_EQ(nodes.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(nodes.out, "no live nodes")) << nodes.out;
+}
+
+TEST_F(ControlCliTest, ServesPrometheusMetrics) {
+  StartControl({"--metrics", "127.0.0.1:0"});
+  ASSERT_EQ(Cli({"generate", "--prompt", ""}).exit_code, 3);
+  const std::string marker = "metrics on port ";
+  const size_t at = control_->out().find(marker);
+  ASSERT_NE(at, std::string::npos) << control_->out();
+  const int port = std::stoi(control_->out().substr(at + marker.size()));
+  absl::StatusOr<std::string> body = control::HttpGet("127.0.0.1", port, "/metrics", Soon());
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_TRUE(absl::StrContains(*body, "kvwire_control_requests_total 1")) << *body;
+  EXPECT_TRUE(absl::StrContains(*body, "kvwire_control_requests_failed_total 1")) << *body;
 }
 
 TEST_F(ControlCliTest, UnreachableControlPlaneIsUnavailable) {
