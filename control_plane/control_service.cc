@@ -222,9 +222,7 @@ absl::StatusOr<v1::PrefillResponse> ControlService::Prefill(grpc::ServerContext*
                     absl::StrCat("Prefill on prefill node ", node->node_id));
     registry_->AddInFlight(node->node_id, -1);
     if (last.ok()) {
-      if (response.stats().prefill_node_id().empty()) {
-        response.mutable_stats()->set_prefill_node_id(node->node_id);
-      }
+      response.mutable_stats()->set_prefill_node_id(node->node_id);
       return response;
     }
     // Only UNAVAILABLE means nothing reached the decode slot, so the grant is still unused.
@@ -316,7 +314,8 @@ absl::Status ControlService::RelayDecode(grpc::ServerContext* context, const Pla
   record->ttft_ms = ttft_ms;
   if (record->budget_kept_fraction == 0) record->budget_kept_fraction = plan.budget.kept_fraction;
   if (record->method.empty()) record->method = plan.budget.method;
-  if (record->decode_node_id.empty()) record->decode_node_id = reservation.decode.node_id;
+  // Name nodes as the registry does, whatever ids the nodes put in their own stats.
+  record->decode_node_id = reservation.decode.node_id;
   if (record->generated_tokens == 0) record->generated_tokens = tokens;
   v1::GenerateResponse final_event;
   *final_event.mutable_final_stats() = RecordToProto(*record);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "control_plane/policy_yaml.h"
 #include "kvwire/base/ids.h"
+#include "kvwire/config.h"
 
 namespace kvwire::control_plane {
 namespace {
@@ -111,6 +112,14 @@ TEST(PolicyYaml, RejectsMalformedFilesWithClearMessages) {
         << text << " -> " << out.status();
     EXPECT_TRUE(absl::StartsWith(out.status().message(), "p.yaml")) << out.status();
   }
+}
+
+TEST(PolicyYaml, ShippedExampleIsValid) {
+  const std::string path = std::string(KVWIRE_SOURCE_DIR) + "/control_plane/budgets.example.yaml";
+  auto policies = ParsePolicies(ReadText(path), path);
+  ASSERT_TRUE(policies.ok()) << policies.status();
+  ASSERT_EQ(policies->size(), 3u);
+  EXPECT_EQ((*policies)[2].default_budget, Budget::Auto(200, 0.1f));
 }
 
 TEST(PolicyStore, MissingFileMeansEmbeddedDefault) {

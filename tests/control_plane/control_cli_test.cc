@@ -230,6 +230,23 @@ TEST_F(ControlCliTest, ServesPrometheusMetrics) {
   EXPECT_TRUE(absl::StrContains(*body, "kvwire_control_requests_failed_total 1")) << *body;
 }
 
+TEST_F(ControlCliTest, ServesOverTls) {
+  const std::string openssl = "/usr/bin/openssl";
+  if (!std::filesystem::exists(openssl)) GTEST_SKIP() << "no openssl to make a certificate";
+  const std::string cert = dir_ + "/cert.pem", key = dir_ + "/key.pem";
+  absl::StatusOr<RunResult> made =
+      testing::RunToCompletion({openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                                key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+                                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"},
+                               Soon());
+  ASSERT_TRUE(made.ok() && made->exit_code == 0) << (made.ok() ? made->err : "");
+  StartControl({"--tls-cert", cert, "--tls-key", key});
+  RunResult secure = Cli({"--tls-ca", cert, "budget", "get"});
+  EXPECT_EQ(secure.exit_code, 0) << secure.err;
+  RunResult plain = Cli({"--timeout-ms", "2000", "budget", "get"});
+  EXPECT_EQ(plain.exit_code, 14) << "a plaintext client cannot talk to a TLS server";
+}
+
 TEST_F(ControlCliTest, UnreachableControlPlaneIsUnavailable) {
   address_ = "127.0.0.1:1";
   RunResult r = Cli({"--timeout-ms", "2000", "nodes"});
