@@ -16,10 +16,11 @@ using grpc_util::FromGrpc;
 using grpc_util::ToGrpc;
 
 // Constant-time in the token's contents so the comparison leaks nothing but the length.
-bool SecretsEqual(absl::string_view a, absl::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.empty() ? 1 : b.size())];
-  return diff == 0 && !b.empty();
+bool SecretsEqual(absl::string_view given, absl::string_view expected) {
+  if (expected.empty()) return false;
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < given.size(); ++i) diff |= given[i] ^ expected[i % expected.size()];
+  return diff == 0;
 }
 
 // Steps worth repeating on another node: that node is gone, or it is full while others may not be.

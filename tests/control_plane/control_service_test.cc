@@ -12,6 +12,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "kvwire/base/deadline.h"
 #include "proto/grpc_util.h"
 #include "runtime/gguf.h"
 #include "runtime/tiny_model.h"
@@ -32,8 +34,9 @@ class FakeDecode final : public v1::DecodeService::Service {
     grant->set_decode_node_id(id_);
     return grpc::Status::OK;
   }
-  grpc::Status Decode(grpc::ServerContext*, const v1::DecodeRequest* req,
+  grpc::Status Decode(grpc::ServerContext* ctx, const v1::DecodeRequest* req,
                       grpc::ServerWriter<v1::DecodeResponse>* writer) override {
+    if (hang_after_first_token) return HangUntilCancelled(ctx, writer);
     for (const char* piece : {"he", "llo"}) {
       v1::DecodeResponse r;
       r.mutable_token()->set_token_id(req->first_token_id());
@@ -52,10 +55,30 @@ class FakeDecode final : public v1::DecodeService::Service {
     absl::MutexLock lock(&mu);
     released.push_back(req->slot_id());
     resp->set_released(true);
+    if (!released_once.HasBeenNotified()) return ReleaseNotify();
     return grpc::Status::OK;
   }
+  // Streams one token, then waits (bounded) for the control plane to cancel the stream.
+  grpc::Status HangUntilCancelled(grpc::ServerContext* ctx,
+                                  grpc::ServerWriter<v1::DecodeResponse>* writer) {
+    v1::DecodeResponse r;
+    r.mutable_token()->set_text("x");
+    writer->Write(r);
+    const Deadline deadline = Deadline::In(absl::Seconds(10));
+    while (!ctx->IsCancelled() && !deadline.Expired()) absl::SleepFor(absl::Milliseconds(2));
+    if (ctx->IsCancelled()) saw_cancel.Notify();
+    return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+  }
+  grpc::Status ReleaseNotify() {
+    released_once.Notify();
+    return grpc::Status::OK;
+  }
+
   std::atomic<int> reserves{0};
   std::atomic<bool> reserve_unavailable{false};
+  bool hang_after_first_token = false;
+  absl::Notification saw_cancel;
+  absl::Notification released_once;
   absl::Mutex mu;
   std::vector<uint64_t> released ABSL_GUARDED_BY(mu);
 
@@ -249,6 +272,30 @@ TEST_F(ControlServiceTest, NoNodeLeftIsUnavailable) {
   ASSERT_TRUE(stub_->GetStats(&ctx, {}, &stats).ok());
   EXPECT_EQ(stats.requests_failed(), 1u);
   EXPECT_EQ(stats.requests_in_flight(), 0u);
+}
+
+TEST_F(ControlServiceTest, ClientCancellationReachesTheDecodeNodeAndReleasesTheSlot) {
+  FakeDecode decode("d1");
+  decode.hang_after_first_token = true;
+  FakePrefill prefill;
+  n1_ = Serve(&decode);
+  n2_ = Serve(&prefill);
+  AddNode("d1", NodeRole::kDecode, n1_.port);
+  AddNode("p1", NodeRole::kPrefill, n2_.port);
+  v1::GenerateRequest req;
+  req.set_tenant("t");
+  req.set_prompt("hi");
+  req.mutable_sampling()->set_max_tokens(4);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto reader = stub_->Generate(&ctx, req);
+  v1::GenerateResponse first;
+  ASSERT_TRUE(reader->Read(&first));
+  EXPECT_EQ(first.text_delta(), "x");
+  ctx.TryCancel();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(decode.saw_cancel.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(decode.released_once.WaitForNotificationWithTimeout(absl::Seconds(10)));
 }
 
 TEST_F(ControlServiceTest, RegisterAndHeartbeatMaintainTheRegistry) {
