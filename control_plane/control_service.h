@@ -4,13 +4,18 @@
 // decode node and Reserve a slot -> pick a prefill node and Prefill with the grant -> relay the
 // Decode stream's text as text deltas (the decode node streams every generated token, the
 // prefill node's first one included) -> final RequestStats (prefill and decode stats merged;
-// TTFT measured here, from request arrival to the first Decode event). Reserve, and Prefill when it fails with UNAVAILABLE, are retried on another
-// node (up to max_attempts); a reserved slot is Released whenever the request fails after
-// Reserve. Every outbound RPC carries a deadline and inherits the client's cancellation and
+// TTFT measured here, from request arrival to the first Decode event). Reserve (after
+// UNAVAILABLE or RESOURCE_EXHAUSTED) and Prefill (after UNAVAILABLE: nothing was streamed, the
+// grant is unused) are retried on another node, up to max_attempts; a reserved slot is Released
+// whenever the request fails after Reserve. Every outbound RPC carries a deadline and inherits the client's cancellation and
 // deadline (ClientContext::FromServerContext).
 //
 // SetBudgetPolicy requires the admin token when one is configured: UNAUTHENTICATED without a
 // token, PERMISSION_DENIED with a wrong one.
+//
+// Error codes: validation -> INVALID_ARGUMENT; no tokenizer -> FAILED_PRECONDITION; no live node
+// -> UNAVAILABLE ("no decode node available"); every decode node full -> RESOURCE_EXHAUSTED;
+// node errors are passed on, prefixed with the step and node ("Prefill on prefill node p1: ...").
 //
 // Thread-safety: all methods may run concurrently (gRPC's sync server calls them from its pool).
 #ifndef KVWIRE_CONTROL_PLANE_CONTROL_SERVICE_H_
