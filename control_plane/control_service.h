@@ -7,8 +7,8 @@
 // TTFT measured here, from request arrival to the first Decode event). Reserve (after
 // UNAVAILABLE or RESOURCE_EXHAUSTED) and Prefill (after UNAVAILABLE: nothing was streamed, the
 // grant is unused) are retried on another node, up to max_attempts; a reserved slot is Released
-// whenever the request fails after Reserve. Every outbound RPC carries a deadline and inherits the client's cancellation and
-// deadline (ClientContext::FromServerContext).
+// whenever the request fails after Reserve. Every outbound RPC carries a deadline and inherits
+// the client's cancellation and deadline (ClientContext::FromServerContext).
 //
 // SetBudgetPolicy requires the admin token when one is configured: UNAUTHENTICATED without a
 // token, PERMISSION_DENIED with a wrong one.
