@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
 #include "runtime/tiny_model.h"
+#include "runtime/tokenizer_gguf.h"
 #include "tests/transport/transport_test_util.h"
 
 namespace kvwire {
@@ -49,10 +51,10 @@ struct Node {
   std::string metrics;
 };
 
-absl::StatusOr<Node> StartNode(const std::string& binary, std::vector<std::string> extra) {
-  std::vector<std::string> argv = {binary,    "--listen",  "127.0.0.1:0",
-                                   "--model", ModelPath(), "--ucx-tls",
-                                   "tcp",     "--metrics", "127.0.0.1:0"};
+absl::StatusOr<Node> StartNode(const std::string& binary, std::vector<std::string> extra,
+                               const std::string& model = ModelPath()) {
+  std::vector<std::string> argv = {binary,      "--listen", "127.0.0.1:0", "--model",    model,
+                                   "--ucx-tls", "tcp",      "--metrics",   "127.0.0.1:0"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   Node node;
   KVWIRE_ASSIGN_OR_RETURN(node.process, ChildProcess::Spawn(argv));
@@ -87,10 +89,15 @@ std::vector<uint32_t> Prompt(int n) {
 }
 
 // Greedy generation in this process with the full cache: the reference for budget 1.
-std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids) {
-  auto model = runtime::Model::Load(ModelPath());
+std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids,
+                                  const std::string& model_path = ModelPath()) {
+  auto model = runtime::Model::Load(model_path);
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return {};
+  auto tokenizer = runtime::LoadTokenizer((*model)->gguf());
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  if (!tokenizer.ok()) return {};
+  const int32_t eos = (*tokenizer)->eos_id(), im_end = (*tokenizer)->im_end_id();
   runtime::Runner runner(**model, 2);
   cache::KvCache cache;
   const std::vector<int32_t> prompt(prompt_ids.begin(), prompt_ids.end());
@@ -98,7 +105,7 @@ std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids) {
   std::vector<uint32_t> out;
   for (int generated = 1; logits.ok(); ++generated) {
     const int32_t next = runtime::ArgMax(*logits);
-    if (next == 0 || next == 2) break;  // tiny model: <|endoftext|> and <|im_end|>
+    if (next == eos || next == im_end) break;
     out.push_back(static_cast<uint32_t>(next));
     if (generated == kMaxTokens) break;
     logits = runner.Decode(next, runtime::DecodePosition(cache, generated - 1), &cache);
@@ -112,24 +119,14 @@ void SetDeadline(Context* context, absl::Duration timeout) {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
-class NodesTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    ASSERT_FALSE(ModelPath().empty()) << "could not write the tiny model";
-  }
-
-  void SetUp() override {
-    auto decode = StartNode(KVWIRE_DECODE_BIN, {"--capacity", "4", "--lease-ms", "10000"});
-    ASSERT_TRUE(decode.ok()) << decode.status();
-    decode_ = *std::move(decode);
-    auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--workers", "1", "--queue", "4"});
-    ASSERT_TRUE(prefill.ok()) << prefill.status();
-    prefill_ = *std::move(prefill);
-    decode_stub_ = v1::DecodeService::NewStub(
-        grpc::CreateChannel(decode_.address, grpc::InsecureChannelCredentials()));
-    prefill_stub_ = v1::PrefillService::NewStub(
-        grpc::CreateChannel(prefill_.address, grpc::InsecureChannelCredentials()));
-  }
+// gRPC calls a control plane would make, straight to the nodes.
+class Client {
+ public:
+  Client(const Node& decode, const Node& prefill)
+      : decode_stub_(v1::DecodeService::NewStub(
+            grpc::CreateChannel(decode.address, grpc::InsecureChannelCredentials()))),
+        prefill_stub_(v1::PrefillService::NewStub(
+            grpc::CreateChannel(prefill.address, grpc::InsecureChannelCredentials()))) {}
 
   absl::StatusOr<v1::Grant> Reserve(RequestId id, int prompt_tokens, float kept) {
     grpc::ClientContext context;
@@ -182,6 +179,51 @@ class NodesTest : public ::testing::Test {
     return out;
   }
 
+  absl::Status Release(const v1::Grant& grant, bool* released) {
+    grpc::ClientContext context;
+    SetDeadline(&context, absl::Seconds(10));
+    v1::ReleaseRequest request;
+    request.set_request_id(grant.request_id());
+    request.set_slot_id(grant.slot_id());
+    v1::ReleaseResponse response;
+    KVWIRE_RETURN_IF_ERROR(FromGrpc(decode_stub_->Release(&context, request, &response)));
+    *released = response.released();
+    return absl::OkStatus();
+  }
+
+ private:
+  std::unique_ptr<v1::DecodeService::Stub> decode_stub_;
+  std::unique_ptr<v1::PrefillService::Stub> prefill_stub_;
+};
+
+class NodesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_FALSE(ModelPath().empty()) << "could not write the tiny model";
+  }
+
+  void SetUp() override {
+    auto decode = StartNode(KVWIRE_DECODE_BIN, {"--capacity", "4", "--lease-ms", "10000"});
+    ASSERT_TRUE(decode.ok()) << decode.status();
+    decode_ = *std::move(decode);
+    auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--workers", "1", "--queue", "4"});
+    ASSERT_TRUE(prefill.ok()) << prefill.status();
+    prefill_ = *std::move(prefill);
+    client_ = std::make_unique<Client>(decode_, prefill_);
+  }
+
+  absl::StatusOr<v1::Grant> Reserve(RequestId id, int prompt_tokens, float kept) {
+    return client_->Reserve(id, prompt_tokens, kept);
+  }
+  absl::StatusOr<v1::PrefillResponse> Prefill(const v1::Grant& grant,
+                                              const std::vector<uint32_t>& prompt, float kept,
+                                              absl::Duration timeout = absl::Seconds(60)) {
+    return client_->Prefill(grant, prompt, kept, timeout);
+  }
+  auto Decode(const v1::Grant& grant, uint32_t first_token) {
+    return client_->Decode(grant, first_token);
+  }
+
   void ExpectNoLiveGrants() {
     // Slots are freed when Decode returns; the gauge is refreshed on every call and by the
     // janitor, so it settles within a few of its periods.
@@ -197,8 +239,7 @@ class NodesTest : public ::testing::Test {
 
   Node decode_;
   Node prefill_;
-  std::unique_ptr<v1::DecodeService::Stub> decode_stub_;
-  std::unique_ptr<v1::PrefillService::Stub> prefill_stub_;
+  std::unique_ptr<Client> client_;
 };
 
 TEST_F(NodesTest, FullBudgetGivesTheSameTokensAsALocalRun) {
@@ -245,14 +286,9 @@ TEST_F(NodesTest, WrongTokenIsRejectedAndTheSlotIsFreed) {
   forged.set_token(token);
   auto prefilled = Prefill(forged, Prompt(20), 1.0f);
   EXPECT_EQ(prefilled.status().code(), absl::StatusCode::kPermissionDenied) << prefilled.status();
-  grpc::ClientContext context;
-  SetDeadline(&context, absl::Seconds(10));
-  v1::ReleaseRequest release;
-  release.set_request_id(grant->request_id());
-  release.set_slot_id(grant->slot_id());
-  v1::ReleaseResponse released;
-  ASSERT_TRUE(FromGrpc(decode_stub_->Release(&context, release, &released)).ok());
-  EXPECT_TRUE(released.released());
+  bool released = false;
+  ASSERT_TRUE(client_->Release(*grant, &released).ok());
+  EXPECT_TRUE(released);
   ExpectNoLiveGrants();
 }
 
@@ -273,6 +309,84 @@ TEST_F(NodesTest, DecodeNodeKilledMidRequestFailsPrefillWithinItsDeadline) {
   auto prefilled = Prefill(*grant, Prompt(400), 1.0f, absl::Seconds(20));
   EXPECT_EQ(prefilled.status().code(), absl::StatusCode::kUnavailable) << prefilled.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+}
+
+TEST_F(NodesTest, ConcurrentRequestsEachMatchTheirLocalRun) {
+  constexpr int kRequests = 3;
+  std::vector<std::vector<uint32_t>> prompts;
+  std::vector<v1::Grant> grants;
+  std::vector<uint32_t> firsts;
+  for (int r = 0; r < kRequests; ++r) {
+    std::vector<uint32_t> prompt = Prompt(30 + 7 * r);
+    prompt[0] = static_cast<uint32_t>(10 + r);
+    auto grant = Reserve(NewRequestId(), static_cast<int>(prompt.size()), 1.0f);
+    ASSERT_TRUE(grant.ok()) << grant.status();
+    auto prefilled = Prefill(*grant, prompt, 1.0f);
+    ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+    prompts.push_back(prompt);
+    grants.push_back(*grant);
+    firsts.push_back(prefilled->first_token_id());
+  }
+  // All decodes at once: the scheduler interleaves their steps over one runner.
+  std::vector<std::future<absl::StatusOr<std::vector<uint32_t>>>> decodes;
+  for (int r = 0; r < kRequests; ++r) {
+    decodes.push_back(
+        std::async(std::launch::async, [&, r]() -> absl::StatusOr<std::vector<uint32_t>> {
+          KVWIRE_ASSIGN_OR_RETURN(auto out, Decode(grants[r], firsts[r]));
+          return out.first;
+        }));
+  }
+  for (int r = 0; r < kRequests; ++r) {
+    auto tokens = decodes[r].get();
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ(*tokens, LocalTokens(prompts[r])) << "request " << r;
+  }
+  ExpectNoLiveGrants();
+}
+
+TEST(NodesLease, UnusedGrantLapsesAndItsSlotIsReaped) {
+  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--capacity", "1", "--lease-ms", "200"});
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto stub = v1::DecodeService::NewStub(
+      grpc::CreateChannel(decode->address, grpc::InsecureChannelCredentials()));
+  auto reserve = [&](RequestId id) {
+    grpc::ClientContext context;
+    SetDeadline(&context, absl::Seconds(10));
+    v1::ReserveRequest request;
+    request.set_request_id(id);
+    request.set_prompt_tokens(10);
+    request.set_kept_fraction(1.0f);
+    v1::Grant grant;
+    return FromGrpc(stub->Reserve(&context, request, &grant));
+  };
+  ASSERT_TRUE(reserve(NewRequestId()).ok());
+  // Capacity 1: the next reservation fails until the first grant's lease lapses.
+  EXPECT_EQ(reserve(NewRequestId()).code(), absl::StatusCode::kResourceExhausted);
+  const Deadline deadline = Deadline::In(absl::Seconds(10));
+  absl::Status again;
+  do {
+    again = reserve(NewRequestId());
+  } while (!again.ok() && !deadline.Expired() && (absl::SleepFor(absl::Milliseconds(50)), true));
+  EXPECT_TRUE(again.ok()) << again;
+}
+
+// The reference model, when present: budget 1 must reproduce a local greedy run exactly.
+TEST(NodesModel, RealModelFullBudgetMatchesLocalRun) {
+  const char* model = std::getenv("KVWIRE_MODEL");
+  if (model == nullptr || *model == '\0') GTEST_SKIP() << "KVWIRE_MODEL not set";
+  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--capacity", "1"}, model);
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto prefill = StartNode(KVWIRE_PREFILL_BIN, {}, model);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  Client client(*decode, *prefill);
+  const std::vector<uint32_t> prompt = Prompt(80);
+  auto grant = client.Reserve(NewRequestId(), 80, 1.0f);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  auto prefilled = client.Prefill(*grant, prompt, 1.0f);
+  ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+  auto decoded = client.Decode(*grant, prefilled->first_token_id());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->first, LocalTokens(prompt, model));
 }
 
 }  // namespace
