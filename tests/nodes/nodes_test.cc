@@ -2,6 +2,10 @@
 // gRPC (Reserve -> Prefill -> Decode) without a control plane. The model is the tiny random one
 // (runtime/tiny_model.h) written to a temporary file, so no download is needed.
 #include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -368,6 +372,74 @@ TEST(NodesLease, UnusedGrantLapsesAndItsSlotIsReaped) {
     again = reserve(NewRequestId());
   } while (!again.ok() && !deadline.Expired() && (absl::SleepFor(absl::Milliseconds(50)), true));
   EXPECT_TRUE(again.ok()) << again;
+}
+
+// A node started by posix_spawn, so the test can signal it (ChildProcess only kills).
+class SignalledNode {
+ public:
+  explicit SignalledNode(const std::string& binary) {
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    const std::string model = ModelPath();
+    std::vector<const char*> argv = {binary.c_str(), "--listen",  "127.0.0.1:0", "--model",
+                                     model.c_str(),  "--ucx-tls", "tcp",         nullptr};
+    EXPECT_EQ(posix_spawn(&pid_, binary.c_str(), &actions, nullptr,
+                          const_cast<char* const*>(argv.data()), environ),
+              0);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    out_ = fds[0];
+  }
+  ~SignalledNode() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    close(out_);
+  }
+  // Reads stdout until `text` appears or the deadline passes.
+  bool WaitFor(const std::string& text, Deadline deadline) {
+    std::string seen;
+    char buf[512];
+    while (seen.find(text) == std::string::npos) {
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, deadline.RemainingMillisForPoll()) <= 0) return false;
+      const ssize_t n = read(out_, buf, sizeof(buf));
+      if (n <= 0) return false;
+      seen.append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  }
+  // Sends `signal` and returns the exit code once stdout closes (-1 on timeout).
+  int SignalAndWait(int signal, Deadline deadline) {
+    kill(pid_, signal);
+    char buf[512];
+    while (true) {
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, deadline.RemainingMillisForPoll()) <= 0) return -1;
+      if (read(out_, buf, sizeof(buf)) <= 0) break;
+    }
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int out_ = -1;
+};
+
+TEST(NodesShutdown, SigtermStopsBothNodesCleanly) {
+  for (const std::string binary : {KVWIRE_DECODE_BIN, KVWIRE_PREFILL_BIN}) {
+    SignalledNode node(binary);
+    ASSERT_TRUE(node.WaitFor("listening ", Deadline::In(absl::Seconds(30)))) << binary;
+    EXPECT_EQ(node.SignalAndWait(SIGTERM, Deadline::In(absl::Seconds(30))), 0) << binary;
+  }
 }
 
 // The reference model, when present: budget 1 must reproduce a local greedy run exactly.
