@@ -161,8 +161,8 @@ class Client {
   }
 
   // Streams the decode; returns the token ids and the final stats.
-  absl::StatusOr<std::pair<std::vector<uint32_t>, v1::RequestStats>> Decode(const v1::Grant& grant,
-                                                                            uint32_t first_token) {
+  absl::StatusOr<std::pair<std::vector<uint32_t>, v1::RequestStats>> Decode(
+      const v1::Grant& grant, uint32_t first_token, float decode_kept_fraction = 0) {
     grpc::ClientContext context;
     SetDeadline(&context, absl::Seconds(60));
     v1::DecodeRequest request;
@@ -170,6 +170,7 @@ class Client {
     request.set_slot_id(grant.slot_id());
     request.set_first_token_id(first_token);
     request.mutable_sampling()->set_max_tokens(kMaxTokens);
+    request.set_decode_kept_fraction(decode_kept_fraction);
     auto reader = decode_stub_->Decode(&context, request);
     std::pair<std::vector<uint32_t>, v1::RequestStats> out;
     v1::DecodeResponse response;
@@ -224,8 +225,8 @@ class NodesTest : public ::testing::Test {
                                               absl::Duration timeout = absl::Seconds(60)) {
     return client_->Prefill(grant, prompt, kept, timeout);
   }
-  auto Decode(const v1::Grant& grant, uint32_t first_token) {
-    return client_->Decode(grant, first_token);
+  auto Decode(const v1::Grant& grant, uint32_t first_token, float decode_kept_fraction = 0) {
+    return client_->Decode(grant, first_token, decode_kept_fraction);
   }
 
   void ExpectNoLiveGrants() {
@@ -278,6 +279,20 @@ TEST_F(NodesTest, FifthBudgetSendsAboutAFifthOfTheBytes) {
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_FALSE(decoded->first.empty());
   EXPECT_EQ(decoded->second.wire_bytes(), prefilled->stats().wire_bytes());
+  ExpectNoLiveGrants();
+}
+
+TEST_F(NodesTest, DecodeBudgetMergesWhileGenerating) {
+  const std::vector<uint32_t> prompt = Prompt(120);
+  auto grant = Reserve(NewRequestId(), 120, 1.0f);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  auto prefilled = Prefill(*grant, prompt, 1.0f);
+  ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+  // 0.4 of 120 = 48 entries per head, below the 120 installed: every step merges.
+  auto decoded = Decode(*grant, prefilled->first_token_id(), 0.4f);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_FALSE(decoded->first.empty());
+  EXPECT_EQ(decoded->second.kept_entries(), 120u * 3 * 2);
   ExpectNoLiveGrants();
 }
 
