@@ -42,7 +42,7 @@ namespace {
 
 using runtime::Runner;
 
-constexpr char kDefaultMethod[] = "snapkv/adaptive/merge";
+constexpr char kDefaultMethod[] = "defensive+critical/adaptive/merge";
 constexpr int64_t kAttnQueries = 32;
 constexpr int kAnswerTokens = 20;
 
@@ -51,10 +51,9 @@ struct FidelityOptions {
   std::string methods =
       "window/uniform,window/uniform/merge,h2o/uniform,h2o/uniform/merge,snapkv/uniform,"
       "snapkv/uniform/merge,defensive/uniform,defensive/uniform/merge,snapkv+critical/uniform,"
-      "snapkv+critical/uniform/merge,snapkv/adaptive,snapkv/adaptive/merge,"
-      "defensive+critical/adaptive/merge";
+      "snapkv+critical/uniform/merge,snapkv/adaptive/merge,defensive+critical/adaptive/merge";
   std::string budgets = "0.05,0.1,0.2,0.35,0.5,1.0";
-  std::string contexts = "1024,2048";
+  std::string contexts = "1024,1536,2048,3072";
   int continuation = 200;
   int retrieval_tasks = 3;  // of each kind
   int retrieval_chars = 3000;

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -70,6 +72,7 @@ struct TransferOptions {
   int dtype_bytes = 2;
   int kv_reps = 7;
   int busy_poll_us = 200;
+  int drive_us = 0;
   bool receiver_process = true;
   bool serve = false;
   uint64_t serve_bytes = 0;
@@ -163,6 +166,45 @@ class Process {
   int out_fd_ = -1;
 };
 
+// Page-aligned anonymous memory, backed by transparent huge pages where the kernel allows
+// (madvise), as ucx_perftest's buffers are (UCX allocates them with THP first): both sides of
+// the comparison then pay the same TLB costs.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer() { Release(); }
+
+  void assign(size_t size, uint8_t fill) {
+    Release();
+    constexpr size_t kHuge = size_t{2} << 20;
+    mapped_ = (std::max<size_t>(size, 1) + kHuge - 1) / kHuge * kHuge;
+    void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      std::perror("mmap");
+      std::abort();  // A benchmark without its buffers cannot do anything useful.
+    }
+    (void)madvise(p, mapped_, MADV_HUGEPAGE);
+    data_ = static_cast<uint8_t*>(p);
+    size_ = size;
+    std::memset(data_, fill, mapped_);  // Fault every page in before timing.
+  }
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  absl::Span<uint8_t> span() const { return absl::Span<uint8_t>(data_, size_); }
+
+ private:
+  void Release() {
+    if (data_ != nullptr) munmap(data_, mapped_);
+    data_ = nullptr;
+    size_ = mapped_ = 0;
+  }
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;
+};
+
 // A sender and a receiver transport joined by one connection; every accepted payload lands in
 // one registered buffer (the benchmark measures movement, not content).
 class Pair {
@@ -173,10 +215,10 @@ class Pair {
     if (o.receiver_process) {
       // Like ucx_perftest: the receiver is another process (this program in --serve mode).
       pair->receiver_process_ = std::make_unique<Process>(
-          std::vector<std::string>{"/proc/self/exe", "transfer", "--serve", "--transport",
-                                   o.transport, "--tls", o.tls, "--busy-poll-us",
-                                   absl::StrCat(o.busy_poll_us), "--serve-bytes",
-                                   absl::StrCat(max_size)},
+          std::vector<std::string>{
+              "/proc/self/exe", "transfer", "--serve", "--transport", o.transport, "--tls", o.tls,
+              "--busy-poll-us", absl::StrCat(o.busy_poll_us), "--drive-us",
+              absl::StrCat(o.drive_us), "--serve-bytes", absl::StrCat(max_size)},
           UcxTlsFor(o.tls), /*capture=*/true);
       auto hex = pair->receiver_process_->ReadTagged("ADDR ", Deadline::In(kOpTimeout));
       if (!hex) return absl::UnavailableError("the receiver process printed no address");
@@ -197,7 +239,7 @@ class Pair {
 
   // A receiving transport whose every accepted payload lands in one registered buffer.
   static absl::StatusOr<std::unique_ptr<Transport>> MakeReceiver(
-      const TransferOptions& o, uint64_t max_size, std::vector<uint8_t>* dest,
+      const TransferOptions& o, uint64_t max_size, HostBuffer* dest,
       std::unique_ptr<transport::MemoryRegion>* region) {
     KVWIRE_ASSIGN_OR_RETURN(auto receiver, NewTransport(o));
     dest->assign(std::max<uint64_t>(max_size, 1), 0);
@@ -206,7 +248,7 @@ class Pair {
     receiver->SetAcceptor(
         [dest, r = region->get()](const FrameInfo& info,
                                   absl::Span<const uint8_t>) -> absl::StatusOr<Destination> {
-          return Destination{absl::MakeSpan(*dest).first(info.payload_bytes), MemoryKind::kHost, r};
+          return Destination{dest->span().first(info.payload_bytes), MemoryKind::kHost, r};
         });
     return receiver;
   }
@@ -222,6 +264,7 @@ class Pair {
     transport::UcxOptions options;
     options.transports = UcxTlsFor(o.tls);
     options.busy_poll = absl::Microseconds(o.busy_poll_us);
+    options.drive_window = absl::Microseconds(o.drive_us);
     return transport::MakeUcxTransport(options);
   }
 
@@ -266,7 +309,7 @@ class Pair {
   }
 
   absl::Span<const uint8_t> Payload(uint64_t size) const {
-    return absl::MakeConstSpan(source_).first(size);
+    return absl::Span<const uint8_t>(source_.data(), size);
   }
   Connection& conn() { return *conn_; }
   Transport& sender() { return *sender_; }
@@ -276,11 +319,11 @@ class Pair {
   // Declared in acquisition order; destroyed in reverse (connection before its transports, the
   // receiver process last).
   std::unique_ptr<Process> receiver_process_;
-  std::vector<uint8_t> dest_;
+  HostBuffer dest_;
   std::unique_ptr<transport::MemoryRegion> dest_region_;
   std::unique_ptr<Transport> receiver_;
   std::string receiver_address_;
-  std::vector<uint8_t> source_;
+  HostBuffer source_;
   std::unique_ptr<Transport> sender_;
   std::unique_ptr<transport::MemoryRegion> source_region_;
   std::unique_ptr<Connection> conn_;
@@ -602,7 +645,7 @@ void PrintSummary(const TransferOptions& o, const std::vector<Row>& rows,
 // --serve: the receiving end of a cross-process run. Prints its address, then receives until
 // the parent kills it.
 int Serve(const TransferOptions& o) {
-  std::vector<uint8_t> dest;
+  HostBuffer dest;
   std::unique_ptr<transport::MemoryRegion> region;
   auto receiver = Pair::MakeReceiver(o, o.serve_bytes, &dest, &region);
   if (!receiver.ok()) {
@@ -709,6 +752,8 @@ void SetupTransfer(CLI::App& sub, std::function<int()>* run) {
       "keep the receiver in this process (default: a separate process, like ucx_perftest)");
   sub.add_flag("--serve", o->serve, "internal: run as the receiver process")->group("");
   sub.add_option("--serve-bytes", o->serve_bytes, "internal: receive buffer size")->group("");
+  sub.add_option("--drive-us", o->drive_us,
+                 "UCX: how long a waiting sender drives the worker itself (0: never)");
   sub.add_option("--dtype-bytes", o->dtype_bytes, "bytes per key/value element");
   *run = [o] { return RunTransfer(*o); };
 }

@@ -64,6 +64,25 @@ class Inbox {
   int total_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A Transport whose receive side is an Inbox: the receive half of the interface, shared by the
+// implementations. The Inbox outlives the derived transport's threads (base destroyed last).
+class InboxTransport : public Transport {
+ public:
+  void SetAcceptor(Acceptor acceptor) override { inbox_.SetAcceptor(std::move(acceptor)); }
+  absl::StatusOr<ReceivedFrame> Receive(RequestId request_id, Deadline deadline) override {
+    return inbox_.Receive(request_id, deadline);
+  }
+  absl::Status CancelReceive(RequestId request_id, Deadline deadline) override {
+    return inbox_.CancelReceive(request_id, deadline);
+  }
+
+ protected:
+  Inbox& inbox() { return inbox_; }
+
+ private:
+  Inbox inbox_;
+};
+
 }  // namespace kvwire::transport
 
 #endif  // KVWIRE_TRANSPORT_INBOX_H_

@@ -21,8 +21,9 @@
 // land directly in the destination (UCX rendezvous: no intermediate copy).
 //
 // Thread-safety: Transport, Connection and SendOperation methods are thread-safe unless noted.
-// The Acceptor runs on the transport's own thread: it must be quick and must not block or call
-// back into the transport.
+// The Acceptor runs on a thread that drives the transport (its progress thread; for UCX with
+// UcxOptions::drive_window, possibly a thread waiting in SendOperation::Wait; for loopback, the
+// sending thread): it must be quick and must not block or call back into the transport.
 //
 // Error codes: INVALID_ARGUMENT (bad caller arguments, unparsable address), DEADLINE_EXCEEDED
 // (a wait ran out), UNAVAILABLE (peer gone, connection broken, transport shut down), DATA_LOSS

@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<Transport>> MakeTransportByName(const std::string
   }
   if (name == "shm") {
     options.transports = "posix,cma,self";
+    options.drive_window = absl::Microseconds(100);  // Exercises waiter-driven progress too.
     return MakeUcxTransport(options);
   }
 #endif

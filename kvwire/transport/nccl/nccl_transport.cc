@@ -210,7 +210,7 @@ class NcclSendOperation final : public SendOperation {
   std::shared_ptr<NcclSendOp> op_;
 };
 
-class NcclTransport final : public Transport {
+class NcclTransport final : public InboxTransport {
  public:
   explicit NcclTransport(const NcclOptions& options) : options_(options) {}
   ~NcclTransport() override;
@@ -223,13 +223,6 @@ class NcclTransport final : public Transport {
                                                       Deadline deadline) override;
   absl::StatusOr<std::unique_ptr<MemoryRegion>> RegisterMemory(void* data, size_t bytes,
                                                                MemoryKind kind) override;
-  void SetAcceptor(Acceptor acceptor) override { inbox_.SetAcceptor(std::move(acceptor)); }
-  absl::StatusOr<ReceivedFrame> Receive(RequestId request_id, Deadline deadline) override {
-    return inbox_.Receive(request_id, deadline);
-  }
-  absl::Status CancelReceive(RequestId request_id, Deadline deadline) override {
-    return inbox_.CancelReceive(request_id, deadline);
-  }
 
   absl::StatusOr<std::unique_ptr<SendOperation>> Enqueue(std::shared_ptr<NcclSendOp> op);
   void CancelRequest(RequestId request_id);
@@ -249,7 +242,6 @@ class NcclTransport final : public Transport {
   void FailAll(const absl::Status& why);
 
   const NcclOptions options_;
-  Inbox inbox_;
   Pair pair_;  // Protocol thread only.
   std::atomic<bool> stop_{false};
   mutable absl::Mutex mu_;
@@ -463,7 +455,7 @@ void NcclTransport::RunReceiver(ncclUniqueId id) {
     pair_.Destroy();
   } else {
     pair_.Abort();
-    inbox_.PeerGone(kSenderRank, s.message());
+    inbox().PeerGone(kSenderRank, s.message());
   }
 }
 
@@ -485,7 +477,7 @@ absl::Status NcclTransport::ReceiveOne(bool* bye) {
   if (!header.ok()) return WriteStatus(header.status());
   const auto frame_header =
       absl::MakeConstSpan(ctrl).subspan(kTransportHeaderBytes, header->frame_header_bytes);
-  absl::StatusOr<Destination> dest = inbox_.Admit(kSenderRank, header->info, frame_header);
+  absl::StatusOr<Destination> dest = inbox().Admit(kSenderRank, header->info, frame_header);
   if (!dest.ok()) return WriteStatus(dest.status());
   KVWIRE_RETURN_IF_ERROR(WriteStatus(absl::OkStatus()));
   const size_t n = header->info.payload_bytes;
@@ -499,12 +491,12 @@ absl::Status NcclTransport::ReceiveOne(bool* bye) {
   }
   if (landed.ok()) landed = Step("receiving a payload");
   if (!landed.ok()) {
-    inbox_.Fail(kSenderRank, header->info.request_id, landed);
+    inbox().Fail(kSenderRank, header->info.request_id, landed);
     return landed;  // The pair's byte stream is out of step now: abort it.
   }
-  inbox_.Complete(kSenderRank,
-                  ReceivedFrame{header->info, std::string(frame_header.begin(), frame_header.end()),
-                                dest->buffer.first(n)});
+  inbox().Complete(kSenderRank, ReceivedFrame{header->info,
+                                              std::string(frame_header.begin(), frame_header.end()),
+                                              dest->buffer.first(n)});
   return WriteStatus(absl::OkStatus());
 }
 

@@ -1,73 +1,27 @@
-// The UCX transport. One progress thread per transport owns the UCP worker; user threads hand it
-// work through a command queue and wait on per-operation completion cells. Protocol (all UCP
-// active messages; integers little-endian):
-//   kAmHello    sender -> receiver  header: u64 connection id; data: sender worker address
-//   kAmHelloAck receiver -> sender  header: u64 connection id (over the receiver's back endpoint)
-//   kAmFrame    sender -> receiver  header: u64 connection id, u64 send id (the envelope that
-//                                   routes the reply), transport header (wire_header.h),
-//                                   frame header; data: payload (eager or rendezvous)
-//   kAmReply    receiver -> sender  header: u64 connection id, u64 send id, u32 status code,
-//                                   u32 message length, message bytes
-//   kAmBye      sender -> receiver  header: u64 connection id (the sender closed the connection)
-//   kAmGoodbye  receiver -> sender  header: u64 connection id (the receiver is shutting down;
-//                                   needed where UCX cannot see a peer go, e.g. shared memory
-//                                   inside one process)
+// The UCX transport: set-up, the progress thread, endpoints and the sending side. The protocol is
+// described in ucx_internal.h; the receiving side lives in ucx_receive.cc.
 #include "kvwire/transport/ucx/ucx_transport.h"
 
+#include <poll.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <ucp/api/ucp.h>
+#include <unistd.h>
 
-#include <atomic>
 #include <cstring>
-#include <functional>
-#include <thread>
-#include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/ids.h"
 #include "kvwire/base/log.h"
 #include "kvwire/base/status.h"
-#include "kvwire/transport/inbox.h"
-#include "kvwire/transport/send_state.h"
-#include "kvwire/transport/ucx/ucx_handles.h"
+#include "kvwire/transport/ucx/ucx_internal.h"
 #include "kvwire/transport/ucx/ucx_status.h"
 #include "kvwire/transport/wire_header.h"
 
 namespace kvwire::transport {
 namespace ucx {
 namespace {
-
-constexpr unsigned kAmHello = 1;
-constexpr unsigned kAmHelloAck = 2;
-constexpr unsigned kAmFrame = 3;
-constexpr unsigned kAmReply = 4;
-constexpr unsigned kAmBye = 5;
-constexpr unsigned kAmGoodbye = 6;
-constexpr absl::string_view kAddressMagic = "ucx1";
-constexpr size_t kReplyFixedBytes = 24;
-constexpr size_t kEnvelopeBytes = 16;
-// How long shutdown and abandoned operations wait for UCX to let go of buffers.
-constexpr absl::Duration kReleaseGrace = absl::Seconds(5);
-constexpr int kMaxSleepMillis = 100;
-
-void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>(v >> (8 * i)));
-}
-template <typename T>
-T GetLe(const void* data, size_t offset) {
-  const auto* p = static_cast<const uint8_t*>(data) + offset;
-  T v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(p[i]) << (8 * i);
-  return v;
-}
 
 // Whether a UCX_TLS list can select the posix/sysv shared-memory transports (UCX warns about
 // their settings otherwise).
@@ -79,178 +33,7 @@ bool UsesSharedMemory(absl::string_view tls) {
   return false;
 }
 
-class UcxTransport;
-
-struct ConnState;
-
-// One frame being sent. Owned jointly by the user's SendOperation and, while it is unfinished, by
-// its connection's `ops` map; `self_ref` keeps it alive while UCX holds its request.
-struct SendOp {
-  uint64_t send_id = 0;
-  RequestId request_id = 0;
-  std::vector<uint8_t> am_header;  // envelope + transport + frame header; UCX reads it until done
-  const void* payload = nullptr;
-  size_t payload_bytes = 0;
-  MemoryKind kind = MemoryKind::kHost;
-  std::shared_ptr<ConnState> conn;
-  SendCompletion completion;
-  // Progress thread only:
-  RequestHandle request;
-  std::shared_ptr<SendOp> self_ref;
-  bool local_done = false;
-  bool reply_done = false;
-  bool cancel = false;
-  absl::Status status;
-};
-
-// The sending side of a Connection.
-struct ConnState {
-  UcxTransport* owner = nullptr;
-  uint64_t id = 0;
-  std::atomic<uint64_t> next_send_id{1};
-  // Progress thread only:
-  ucp_ep_h ep = nullptr;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<SendOp>> ops;
-  // Shared with user threads:
-  absl::Mutex mu;
-  bool ready ABSL_GUARDED_BY(mu) = false;
-  absl::Status broken ABSL_GUARDED_BY(mu);
-  absl::flat_hash_set<RequestId> cancelled ABSL_GUARDED_BY(mu);
-};
-
-// The receiving side's view of one sender: the endpoint replies go back on.
-struct Peer {
-  UcxTransport* owner = nullptr;
-  uint64_t id = 0;
-  ucp_ep_h ep = nullptr;
-};
-
-// One rendezvous payload being pulled into its destination.
-struct RecvOp {
-  UcxTransport* owner = nullptr;
-  uint64_t peer = 0;
-  uint64_t send_id = 0;
-  FrameInfo info;
-  std::string frame_header;
-  absl::Span<uint8_t> dest;
-};
-
-class UcxRegion final : public MemoryRegion {
- public:
-  UcxRegion(ucp_context_h context, ucp_mem_h memh, void* data, size_t size, MemoryKind kind)
-      : context_(context), memh_(memh), data_(data), size_(size), kind_(kind) {}
-  ~UcxRegion() override {
-    if (ucs_status_t s = ucp_mem_unmap(context_, memh_); s != UCS_OK) {
-      KVWIRE_LOG(WARNING) << "ucp_mem_unmap: " << ucs_status_string(s);
-    }
-  }
-  void* data() const override { return data_; }
-  size_t size() const override { return size_; }
-  MemoryKind kind() const override { return kind_; }
-  ucp_mem_h memh() const { return memh_; }
-  ucp_context_h context() const { return context_; }
-
- private:
-  ucp_context_h context_;
-  ucp_mem_h memh_;
-  void* data_;
-  size_t size_;
-  MemoryKind kind_;
-};
-
-class UcxTransport final : public Transport {
- public:
-  static absl::StatusOr<std::unique_ptr<Transport>> Create(const UcxOptions& options);
-  ~UcxTransport() override;
-
-  Capabilities capabilities() const override { return caps_; }
-  std::string LocalAddress() const override { return address_; }
-  absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::string_view peer_address,
-                                                      Deadline deadline) override;
-  absl::StatusOr<std::unique_ptr<MemoryRegion>> RegisterMemory(void* data, size_t bytes,
-                                                               MemoryKind kind) override;
-  void SetAcceptor(Acceptor acceptor) override { inbox_.SetAcceptor(std::move(acceptor)); }
-  absl::StatusOr<ReceivedFrame> Receive(RequestId request_id, Deadline deadline) override {
-    return inbox_.Receive(request_id, deadline);
-  }
-  absl::Status CancelReceive(RequestId request_id, Deadline deadline) override {
-    return inbox_.CancelReceive(request_id, deadline);
-  }
-
-  // Runs `fn` on the progress thread.
-  void Post(std::function<void()> fn);
-  absl::StatusOr<std::shared_ptr<SendOp>> StartSendOp(const std::shared_ptr<ConnState>& conn,
-                                                      std::shared_ptr<SendOp> op);
-  void CancelOpOnWorker(SendOp* op);
-  void CancelRequestOnWorker(ConnState* conn, RequestId request_id);
-  void CloseConnOnWorker(const std::shared_ptr<ConnState>& conn);
-
- private:
-  UcxTransport() = default;
-  absl::Status Init(const UcxOptions& options);
-  absl::Status InitContext(const UcxOptions& options);
-  absl::Status InitWorker();
-  absl::Status InitWakeup();
-
-  void Loop();
-  bool RunCommands();
-  void SleepUntilActivity();
-  void Shutdown();
-
-  ucs_status_t CreateEp(const void* address, ucp_err_handler_cb_t cb, void* arg, ucp_ep_h* ep);
-  void CloseEp(ucp_ep_h ep, bool force);
-  void SendSmall(ucp_ep_h ep, unsigned id, std::string header);
-  void SendReply(uint64_t peer_id, uint64_t send_id, const absl::Status& status);
-
-  static ucs_status_t OnHello(void* arg, const void* header, size_t header_length, void* data,
-                              size_t length, const ucp_am_recv_param_t* param);
-  static ucs_status_t OnHelloAck(void* arg, const void* header, size_t header_length, void* data,
-                                 size_t length, const ucp_am_recv_param_t* param);
-  static ucs_status_t OnFrame(void* arg, const void* header, size_t header_length, void* data,
-                              size_t length, const ucp_am_recv_param_t* param);
-  static ucs_status_t OnReply(void* arg, const void* header, size_t header_length, void* data,
-                              size_t length, const ucp_am_recv_param_t* param);
-  static ucs_status_t OnBye(void* arg, const void* header, size_t header_length, void* data,
-                            size_t length, const ucp_am_recv_param_t* param);
-  static ucs_status_t OnGoodbye(void* arg, const void* header, size_t header_length, void* data,
-                                size_t length, const ucp_am_recv_param_t* param);
-  static void OnConnError(void* arg, ucp_ep_h ep, ucs_status_t status);
-  static void OnPeerError(void* arg, ucp_ep_h ep, ucs_status_t status);
-  static void OnSendDone(void* request, ucs_status_t status, void* user_data);
-  static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data);
-
-  ucs_status_t HandleFrame(absl::Span<const uint8_t> header, void* data, size_t length,
-                           const ucp_am_recv_param_t* param);
-  void StartRecv(RecvOp* rx, void* data_desc, const Destination& dest);
-  void FinishRecv(RecvOp* rx, ucs_status_t status);
-  void LocalDone(SendOp* op, ucs_status_t status);
-  void MaybeFinish(SendOp* op);
-  void ConnFailed(ConnState* conn, absl::Status why, bool force);
-  void PeerFailed(uint64_t peer_id, absl::string_view why);
-
-  // Members in acquisition order (destroyed in reverse): UCP context, then the worker, then the
-  // epoll and wake-up descriptors. Endpoints live in conns_/peers_ and are closed by the progress
-  // thread before it exits; the thread is started last and joined first.
-  ContextHandle context_;
-  WorkerHandle worker_;
-  FdHandle epoll_fd_;
-  FdHandle wake_fd_;
-  std::string address_;
-  Capabilities caps_;
-  absl::Duration busy_poll_;
-  Inbox inbox_;
-  // Progress thread only:
-  absl::flat_hash_map<uint64_t, std::shared_ptr<ConnState>> conns_;
-  absl::flat_hash_map<uint64_t, std::unique_ptr<Peer>> peers_;
-  std::vector<RequestHandle> closing_;  // endpoint close requests still in progress
-  // Command queue:
-  absl::Mutex cmd_mu_;
-  std::vector<std::function<void()>> cmds_ ABSL_GUARDED_BY(cmd_mu_);
-  std::atomic<bool> has_cmds_{false};
-  std::atomic<bool> sleeping_{false};
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Initialisation
@@ -263,6 +46,7 @@ absl::StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const UcxOptions
 
 absl::Status UcxTransport::Init(const UcxOptions& options) {
   busy_poll_ = options.busy_poll;
+  drive_window_ = options.drive_window;
   KVWIRE_RETURN_IF_ERROR(InitContext(options));
   KVWIRE_RETURN_IF_ERROR(InitWorker());
   KVWIRE_RETURN_IF_ERROR(InitWakeup());
@@ -397,9 +181,18 @@ bool UcxTransport::RunCommands() {
 void UcxTransport::Loop() {
   auto last_activity = absl::Now();
   while (!stop_.load(std::memory_order_acquire)) {
-    const bool ran = RunCommands();
-    const unsigned progressed = ucp_worker_progress(worker_.get());
-    if (ran || progressed != 0) {
+    if (drivers_.load() > 0) {
+      StandAside();
+      last_activity = absl::Now();
+      continue;
+    }
+    bool active = false;
+    {
+      absl::MutexLock lock(&worker_mu_);
+      active = RunCommands();
+      active = ucp_worker_progress(worker_.get()) != 0 || active;
+    }
+    if (active) {
       last_activity = absl::Now();
     } else if (absl::Now() - last_activity >= busy_poll_) {
       SleepUntilActivity();
@@ -410,12 +203,45 @@ void UcxTransport::Loop() {
       sched_yield();
     }
   }
+  absl::MutexLock lock(&worker_mu_);
   Shutdown();
 }
 
+bool UcxTransport::TryDrive() {
+  if (!worker_mu_.TryLock()) return false;
+  RunCommands();
+  ucp_worker_progress(worker_.get());
+  worker_mu_.Unlock();
+  return true;
+}
+
+void UcxTransport::EndDriving() {
+  if (drivers_.fetch_sub(1) == 1 && sleeping_.load()) {
+    const uint64_t one = 1;  // Hand the worker back to the progress thread.
+    (void)!::write(wake_fd_.get(), &one, sizeof(one));
+  }
+}
+
+// While a waiter drives the worker the progress thread sleeps rather than spins: on a machine
+// with few cores a third spinning thread would starve the peer it is waiting for.
+void UcxTransport::StandAside() {
+  sleeping_.store(true);
+  if (drivers_.load() > 0) {
+    pollfd p{wake_fd_.get(), POLLIN, 0};
+    (void)poll(&p, 1, /*timeout_ms=*/1);
+  }
+  sleeping_.store(false);
+  uint64_t drained = 0;
+  while (::read(wake_fd_.get(), &drained, sizeof(drained)) > 0) {
+  }
+}
+
 void UcxTransport::SleepUntilActivity() {
-  // ucp_worker_arm reports BUSY while events are pending; then keep polling instead.
-  if (ucp_worker_arm(worker_.get()) != UCS_OK) return;
+  {
+    // ucp_worker_arm reports BUSY while events are pending; then keep polling instead.
+    absl::MutexLock lock(&worker_mu_);
+    if (ucp_worker_arm(worker_.get()) != UCS_OK) return;
+  }
   sleeping_.store(true);
   if (!has_cmds_.load() && !stop_.load()) {
     epoll_event events[2];
@@ -441,7 +267,7 @@ void UcxTransport::Shutdown() {
   peers_.clear();
   const Deadline deadline = Deadline::In(kReleaseGrace);
   auto busy = [this] {
-    if (inbox_.Drain(Deadline::In(absl::ZeroDuration())).ok() == false) return true;
+    if (inbox().Drain(Deadline::In(absl::ZeroDuration())).ok() == false) return true;
     for (auto& req : closing_) {
       if (req && ucp_request_check_status(req.get()) == UCS_INPROGRESS) return true;
     }
@@ -520,6 +346,8 @@ void UcxTransport::SendReply(uint64_t peer_id, uint64_t send_id, const absl::Sta
 // ---------------------------------------------------------------------------------------------
 // Connections (sending side)
 
+namespace {
+
 class UcxSendOperation final : public SendOperation {
  public:
   explicit UcxSendOperation(std::shared_ptr<SendOp> op) : op_(std::move(op)) {}
@@ -534,6 +362,16 @@ class UcxSendOperation final : public SendOperation {
     }
   }
   absl::Status Wait(Deadline deadline) override {
+    UcxTransport* owner = op_->conn->owner;
+    if (!op_->completion.Done() && owner->drive_window() > absl::ZeroDuration()) {
+      owner->BeginDriving();
+      const Deadline drive_until =
+          Deadline::Earliest(deadline, Deadline::In(owner->drive_window()));
+      while (!op_->completion.Done() && !drive_until.Expired()) {
+        if (!owner->TryDrive()) sched_yield();
+      }
+      owner->EndDriving();
+    }
     return op_->completion.Wait(deadline, absl::StrCat("send of request ", op_->request_id));
   }
   bool Done() const override { return op_->completion.Done(); }
@@ -614,6 +452,8 @@ class UcxConnection final : public Connection {
   std::shared_ptr<ConnState> conn_;
 };
 
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Connection>> UcxTransport::Connect(absl::string_view peer_address,
                                                                   Deadline deadline) {
   if (!absl::StartsWith(peer_address, kAddressMagic) ||
@@ -661,32 +501,47 @@ absl::StatusOr<std::shared_ptr<SendOp>> UcxTransport::StartSendOp(
     }
   }
   op->conn = conn;
-  Post([this, op] {
-    ConnState* c = op->conn.get();
-    if (c->ep == nullptr) {
-      op->completion.Finish(absl::UnavailableError("connection is closed"));
-      return;
-    }
-    c->ops[op->send_id] = op;
-    ucp_request_param_t params{};
-    params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    params.cb.send = &OnSendDone;
-    params.user_data = op.get();
-    if (op->kind == MemoryKind::kCuda) {
-      params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
-      params.memory_type = UCS_MEMORY_TYPE_CUDA;
-    }
-    ucs_status_ptr_t req =
-        ucp_am_send_nbx(c->ep, kAmFrame, op->am_header.data(), op->am_header.size(), op->payload,
-                        op->payload_bytes, &params);
-    if (UCS_PTR_IS_PTR(req)) {
-      op->request.reset(req);
-      op->self_ref = op;
-    } else {
-      LocalDone(op.get(), UCS_PTR_STATUS(req));
-    }
-  });
+  op->memh = regions_->Find(op->payload, op->payload_bytes);
+  // Sending inline saves a hand-over to the progress thread; queued commands go first so frames
+  // keep their order.
+  if (!has_cmds_.load() && worker_mu_.TryLock()) {
+    RunCommands();
+    SendOnWorker(op);
+    worker_mu_.Unlock();
+  } else {
+    Post([this, op] { SendOnWorker(op); });
+  }
   return op;
+}
+
+void UcxTransport::SendOnWorker(const std::shared_ptr<SendOp>& op) {
+  ConnState* c = op->conn.get();
+  if (c->ep == nullptr) {
+    op->completion.Finish(absl::UnavailableError("connection is closed"));
+    return;
+  }
+  c->ops[op->send_id] = op;
+  ucp_request_param_t params{};
+  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  params.cb.send = &OnSendDone;
+  params.user_data = op.get();
+  if (op->kind == MemoryKind::kCuda) {
+    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    params.memory_type = UCS_MEMORY_TYPE_CUDA;
+  }
+  if (op->memh != nullptr) {
+    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+    params.memh = op->memh;
+  }
+  ucs_status_ptr_t req =
+      ucp_am_send_nbx(c->ep, kAmFrame, op->am_header.data(), op->am_header.size(), op->payload,
+                      op->payload_bytes, &params);
+  if (UCS_PTR_IS_PTR(req)) {
+    op->request.reset(req);
+    op->self_ref = op;
+  } else {
+    LocalDone(op.get(), UCS_PTR_STATUS(req));
+  }
 }
 
 void UcxTransport::OnSendDone(void* request, ucs_status_t status, void* user_data) {
@@ -808,165 +663,6 @@ ucs_status_t UcxTransport::OnReply(void* arg, const void* header, size_t header_
   return UCS_OK;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Peers (receiving side)
-
-ucs_status_t UcxTransport::OnHello(void* arg, const void* header, size_t header_length, void* data,
-                                   size_t length, const ucp_am_recv_param_t*) {
-  auto* self = static_cast<UcxTransport*>(arg);
-  if (header_length < 8 + 1) return UCS_OK;
-  const uint64_t id = GetLe<uint64_t>(header, 0);
-  if (self->peers_.contains(id)) return UCS_OK;
-  std::string address(static_cast<const char*>(header) + 8, header_length - 8);
-  // Endpoint creation is deferred out of the callback, to the command loop.
-  self->Post([self, id, address] {
-    auto peer = std::make_unique<Peer>();
-    peer->owner = self;
-    peer->id = id;
-    if (ucs_status_t s = self->CreateEp(address.data(), &OnPeerError, peer.get(), &peer->ep);
-        s != UCS_OK) {
-      KVWIRE_LOG(WARNING) << "cannot reach back to a connecting sender: " << ucs_status_string(s);
-      return;
-    }
-    std::string ack;
-    PutU64(&ack, id);
-    self->SendSmall(peer->ep, kAmHelloAck, std::move(ack));
-    self->peers_[id] = std::move(peer);
-  });
-  return UCS_OK;
-}
-
-ucs_status_t UcxTransport::OnBye(void* arg, const void* header, size_t header_length, void* data,
-                                 size_t length, const ucp_am_recv_param_t*) {
-  auto* self = static_cast<UcxTransport*>(arg);
-  if (header_length != 8) return UCS_OK;
-  self->PeerFailed(GetLe<uint64_t>(header, 0), "the sender closed its connection");
-  return UCS_OK;
-}
-
-void UcxTransport::OnPeerError(void* arg, ucp_ep_h ep, ucs_status_t status) {
-  auto* peer = static_cast<Peer*>(arg);
-  peer->owner->PeerFailed(peer->id, ucs_status_string(status));
-}
-
-void UcxTransport::PeerFailed(uint64_t peer_id, absl::string_view why) {
-  auto it = peers_.find(peer_id);
-  if (it == peers_.end()) return;
-  inbox_.PeerGone(peer_id, why);
-  CloseEp(it->second->ep, /*force=*/true);
-  peers_.erase(it);
-}
-
-ucs_status_t UcxTransport::OnFrame(void* arg, const void* header, size_t header_length, void* data,
-                                   size_t length, const ucp_am_recv_param_t* param) {
-  auto* self = static_cast<UcxTransport*>(arg);
-  return self->HandleFrame(
-      absl::Span<const uint8_t>(static_cast<const uint8_t*>(header), header_length), data, length,
-      param);
-}
-
-ucs_status_t UcxTransport::HandleFrame(absl::Span<const uint8_t> message, void* data, size_t length,
-                                       const ucp_am_recv_param_t* param) {
-  if (message.size() < kEnvelopeBytes) return UCS_OK;  // Not ours to answer: nobody to tell.
-  const uint64_t peer_id = GetLe<uint64_t>(message.data(), 0);
-  const uint64_t send_id = GetLe<uint64_t>(message.data(), 8);
-  const auto am_header = message.subspan(kEnvelopeBytes);
-  const auto wire = am_header.first(std::min(am_header.size(), kTransportHeaderBytes));
-  if (!peers_.contains(peer_id)) {
-    KVWIRE_LOG(WARNING) << "dropping a frame from unknown connection " << peer_id;
-    return UCS_OK;  // For a rendezvous payload this releases it; the sender completes.
-  }
-  absl::StatusOr<TransportHeader> header = DecodeTransportHeader(wire, caps_.max_payload_bytes);
-  if (header.ok() && (am_header.size() != kTransportHeaderBytes + header->frame_header_bytes ||
-                      length != header->info.payload_bytes)) {
-    header = absl::DataLossError(absl::StrCat(
-        "transport header announces ", header->frame_header_bytes, "+", header->info.payload_bytes,
-        " bytes, message has ", am_header.size() - kTransportHeaderBytes, "+", length));
-  }
-  if (!header.ok()) {
-    SendReply(peer_id, send_id, header.status());
-    return UCS_OK;
-  }
-  const auto frame_header = am_header.subspan(kTransportHeaderBytes);
-  absl::StatusOr<Destination> dest = inbox_.Admit(peer_id, header->info, frame_header);
-  if (!dest.ok()) {
-    SendReply(peer_id, send_id, dest.status());
-    return UCS_OK;
-  }
-  auto* rx = new RecvOp{this,
-                        peer_id,
-                        send_id,
-                        header->info,
-                        std::string(frame_header.begin(), frame_header.end()),
-                        dest->buffer.first(length)};
-  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-  KVWIRE_LOG(DEBUG) << "frame of " << length << " bytes arrived "
-                    << (rndv ? "by rendezvous" : "eagerly");
-  if (rndv) {
-    StartRecv(rx, data, *dest);
-  } else if (dest->kind == MemoryKind::kCuda) {
-    FinishRecv(rx, UCS_ERR_UNSUPPORTED);  // Eager bytes cannot be memcpy'd into device memory.
-  } else {
-    if (length > 0) std::memcpy(rx->dest.data(), data, length);
-    FinishRecv(rx, UCS_OK);
-  }
-  return UCS_OK;
-}
-
-void UcxTransport::StartRecv(RecvOp* rx, void* data_desc, const Destination& dest) {
-  ucp_request_param_t params{};
-  params.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  params.cb.recv_am = &OnRecvDone;
-  params.user_data = rx;
-  if (const auto* region = dynamic_cast<const UcxRegion*>(dest.region);
-      region != nullptr && region->context() == context_.get()) {
-    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-    params.memh = region->memh();
-  }
-  if (dest.kind == MemoryKind::kCuda) {
-    params.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
-    params.memory_type = UCS_MEMORY_TYPE_CUDA;
-  }
-  ucs_status_ptr_t req =
-      ucp_am_recv_data_nbx(worker_.get(), data_desc, rx->dest.data(), rx->dest.size(), &params);
-  if (!UCS_PTR_IS_PTR(req)) FinishRecv(rx, UCS_PTR_STATUS(req));
-}
-
-void UcxTransport::OnRecvDone(void* request, ucs_status_t status, size_t, void* user_data) {
-  auto* rx = static_cast<RecvOp*>(user_data);
-  rx->owner->FinishRecv(rx, status);
-  ucp_request_free(request);
-}
-
-void UcxTransport::FinishRecv(RecvOp* rx, ucs_status_t status) {
-  std::unique_ptr<RecvOp> owned(rx);
-  if (status == UCS_OK) {
-    SendReply(rx->peer, rx->send_id, absl::OkStatus());
-    inbox_.Complete(rx->peer, ReceivedFrame{rx->info, std::move(rx->frame_header), rx->dest});
-    return;
-  }
-  absl::Status failed = FromUcs(status, "receiving a payload");
-  SendReply(rx->peer, rx->send_id, failed);
-  inbox_.Fail(rx->peer, rx->info.request_id, std::move(failed));
-}
-
-absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxTransport::RegisterMemory(void* data, size_t bytes,
-                                                                           MemoryKind kind) {
-  if (kind == MemoryKind::kCuda && !caps_.supports_gpu_memory) {
-    return absl::InvalidArgumentError("this UCX build has no CUDA memory support");
-  }
-  ucp_mem_map_params_t params{};
-  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
-                      UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
-  params.address = data;
-  params.length = bytes;
-  params.memory_type = kind == MemoryKind::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
-  ucp_mem_h memh = nullptr;
-  KVWIRE_RETURN_IF_ERROR(FromUcs(ucp_mem_map(context_.get(), &params, &memh), "ucp_mem_map"));
-  return std::make_unique<UcxRegion>(context_.get(), memh, data, bytes, kind);
-}
-
-}  // namespace
 }  // namespace ucx
 
 absl::StatusOr<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options) {
