@@ -50,7 +50,7 @@ absl::Status Serve(const DecodeFlags& f) {
 }  // namespace kvwire::decode
 
 int main(int argc, char** argv) {
-  kvwire::grpc_util::BlockShutdownSignals();
+  kvwire::grpc_util::InstallShutdownHandlers();
   kvwire::decode::DecodeFlags f;
   CLI::App app{"kvwire decode node"};
   kvwire::grpc_util::AddNodeFlags(app, &f.node);

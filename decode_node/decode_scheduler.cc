@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kvwire/compress/select.h"
 
 namespace kvwire::decode {
 namespace {
@@ -71,6 +72,7 @@ std::shared_ptr<Generation> DecodeScheduler::Submit(GenerationRequest request) {
   job->sampler->Sample(absl::MakeConstSpan(&one_logit, 1));
   job->next_token = request.first_token;
   job->request = std::move(request);
+  AttachCompactor(*job);
   std::shared_ptr<Generation> output = job->output;
   absl::MutexLock lock(&mu_);
   incoming_.push_back(std::move(job));
@@ -80,14 +82,31 @@ std::shared_ptr<Generation> DecodeScheduler::Submit(GenerationRequest request) {
 
 size_t DecodeScheduler::active() { return active_.load(); }
 
+void DecodeScheduler::AttachCompactor(Job& job) {
+  const GenerationRequest& r = job.request;
+  if (!(r.decode_kept_fraction > 0.0f)) return;
+  const int64_t protected_entries = r.spec.sinks + r.spec.window + 1;
+  const int64_t max_entries = std::max<int64_t>(
+      compress::HeadBudget(r.decode_kept_fraction, std::max(1, r.cache.original_length)),
+      protected_entries);
+  job.compactor = std::make_unique<compress::DecodeCompactor>(
+      r.spec, runner_.model().config().n_heads, max_entries);
+  job.options.window = 1;  // the step's query, which the compactor scores with
+  compress::DecodeCompactor* compactor = job.compactor.get();
+  cache::KvCache* cache = &job.request.cache;
+  job.options.on_layer = [compactor, cache](const runtime::PrefillLayer& layer) {
+    return compactor->OnStep(layer.layer, layer.window_queries, &cache->layers[layer.layer]);
+  };
+}
+
 bool DecodeScheduler::Step(Job& job) {
   if (job.output->cancelled()) {
     job.output->Finish(absl::CancelledError("generation cancelled"), "cancelled");
     return false;
   }
   cache::KvCache& cache = job.request.cache;
-  absl::StatusOr<std::vector<float>> logits =
-      runner_.Decode(job.next_token, runtime::DecodePosition(cache, job.generated - 1), &cache);
+  absl::StatusOr<std::vector<float>> logits = runner_.Decode(
+      job.next_token, runtime::DecodePosition(cache, job.generated - 1), &cache, job.options);
   if (!logits.ok()) {
     job.output->Finish(logits.status(), "error");
     return false;

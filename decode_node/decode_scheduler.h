@@ -24,6 +24,8 @@
 #include "absl/synchronization/mutex.h"
 #include "kvwire/base/deadline.h"
 #include "kvwire/cache/kv_cache.h"
+#include "kvwire/compress/decode_compactor.h"
+#include "kvwire/compress/spec.h"
 #include "runtime/model.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
@@ -36,6 +38,11 @@ struct GenerationRequest {
   int max_tokens = 1;       // including first_token
   runtime::SamplingOptions sampling;
   std::vector<int32_t> stop_tokens;  // end-of-sequence ids (not emitted)
+  // Continuous merging while decoding: when > 0, each head is kept within
+  // max(HeadBudget(decode_kept_fraction, original_length), protected entries + 1) entries with
+  // `spec`'s merge rule (compress::DecodeCompactor). 0 = the cache grows by one entry per token.
+  float decode_kept_fraction = 0;
+  compress::CompressionSpec spec;
 };
 
 // One request's output queue.
@@ -77,10 +84,13 @@ class DecodeScheduler {
     GenerationRequest request;
     std::shared_ptr<Generation> output;
     std::unique_ptr<runtime::Sampler> sampler;
+    std::unique_ptr<compress::DecodeCompactor> compactor;  // null without decode_kept_fraction
+    runtime::ForwardOptions options;
     int32_t next_token = 0;  // fed at the next step
     int generated = 1;       // tokens sampled so far, first_token included
   };
   void Loop();
+  void AttachCompactor(Job& job);
   // One decode step of `job`; false when the job is over.
   bool Step(Job& job);
 

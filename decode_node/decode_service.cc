@@ -33,6 +33,8 @@ struct DecodeServiceImpl::Slot {
   absl::Notification installed;  // the receive ended, successfully or not
   absl::StatusOr<cache::KvCache> cache = absl::UnknownError("not received");
   control::ReceiverStats stats;
+  std::string method;        // compression method named by the stream's manifest
+  absl::Time decode_called;  // guarded by the service's mu_ until claimed, then the decoder's
   absl::Time installed_at;
   bool claimed = false;  // guarded by the service's mu_
   std::thread receiver;
@@ -69,6 +71,8 @@ DecodeServiceImpl::DecodeServiceImpl(const runtime::Model& model,
       gauge("kvwire_decode_active_generations", "Requests generating now (decode queue)."),
       histogram("kvwire_decode_install_ms", "First frame to committed cache, milliseconds."),
       histogram("kvwire_decode_inter_token_ms", "Time between streamed tokens, milliseconds."),
+      histogram("kvwire_decode_first_token_ms",
+                "Decode call to first streamed token (install wait included), milliseconds."),
   };
   transport_->SetAcceptor(grants_.MakeAcceptor());
   janitor_ = std::thread([this] { Janitor(); });
@@ -194,6 +198,7 @@ void DecodeServiceImpl::ReceiveInto(std::shared_ptr<Slot> slot) {
   slot->cache = receiver.Run(Deadline::In(options_.lease + options_.transfer_timeout));
   (void)grants_.Finish(id);  // NOT_FOUND only when the slot is already being freed
   slot->stats = receiver.stats();
+  if (receiver.manifest().has_value()) slot->method = receiver.manifest()->method;
   slot->installed_at = absl::Now();
   metrics_.wire_bytes->Increment(static_cast<double>(receiver.stats().wire_bytes));
   if (slot->cache.ok()) {
@@ -232,6 +237,7 @@ absl::StatusOr<std::shared_ptr<DecodeServiceImpl::Slot>> DecodeServiceImpl::Clai
         absl::StrCat("request ", request_id, " is already being decoded"));
   }
   it->second->claimed = true;
+  it->second->decode_called = absl::Now();
   return it->second;
 }
 
@@ -299,9 +305,13 @@ absl::Status DecodeServiceImpl::Stream(grpc::ServerContext* context,
     response.mutable_token()->set_text(std::move(piece));
     if (!writer->Write(response)) return absl::CancelledError("client went away");
     const absl::Time now = absl::Now();
-    if (emitted++ > 0) metrics_.inter_token_ms->Observe(absl::ToDoubleMilliseconds(now - last));
-    last = now;
     metrics_.tokens->Increment();
+    if (emitted++ == 0) {
+      metrics_.first_token_ms->Observe(absl::ToDoubleMilliseconds(now - slot.decode_called));
+    } else {
+      metrics_.inter_token_ms->Observe(absl::ToDoubleMilliseconds(now - last));
+    }
+    last = now;
     return absl::OkStatus();
   };
   std::string finish = "length";
@@ -316,6 +326,7 @@ absl::Status DecodeServiceImpl::Stream(grpc::ServerContext* context,
     job.max_tokens = static_cast<int>(max_tokens);
     job.sampling = runtime::SamplingOptions{request.sampling().temperature(),
                                             request.sampling().top_p(), request.sampling().seed()};
+    KVWIRE_RETURN_IF_ERROR(SetDecodeBudget(request.decode_kept_fraction(), slot, &job));
     std::shared_ptr<Generation> generation = scheduler_.Submit(std::move(job));
     UpdateGauges();
     while (true) {
@@ -355,6 +366,20 @@ absl::Status DecodeServiceImpl::Stream(grpc::ServerContext* context,
   writer->Write(final_response);
   KVWIRE_LOG(DEBUG) << "decode " << request.request_id() << ": " << emitted << " tokens, "
                     << finish;
+  return absl::OkStatus();
+}
+
+absl::Status DecodeServiceImpl::SetDecodeBudget(float fraction, const Slot& slot,
+                                                GenerationRequest* job) const {
+  if (fraction == 0.0f || fraction >= 1.0f) return absl::OkStatus();
+  if (!(fraction > 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode_kept_fraction ", fraction, " outside [0, 1]"));
+  }
+  job->decode_kept_fraction = fraction;
+  // The merge rule of the method the prefill node applied, from the stream's manifest.
+  absl::StatusOr<compress::CompressionSpec> spec = compress::CompressionSpec::Parse(slot.method);
+  if (spec.ok()) job->spec = *spec;
   return absl::OkStatus();
 }
 

@@ -81,6 +81,7 @@ class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {
     control::Gauge* active;
     control::Histogram* install_ms;
     control::Histogram* inter_token_ms;
+    control::Histogram* first_token_ms;
   };
   absl::StatusOr<kvwire::v1::Grant> DoReserve(const kvwire::v1::ReserveRequest& request);
   absl::Status DoDecode(grpc::ServerContext* context, const kvwire::v1::DecodeRequest& request,
@@ -91,6 +92,7 @@ class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {
                       cache::KvCache cache, Slot& slot,
                       grpc::ServerWriter<kvwire::v1::DecodeResponse>* writer);
   void ReceiveInto(std::shared_ptr<Slot> slot);
+  absl::Status SetDecodeBudget(float fraction, const Slot& slot, GenerationRequest* job) const;
   absl::Status CheckManifest(const format::Manifest& manifest) const;
   // Frees the slot: cancels its receive if still running, joins its thread, drops the grant.
   bool Free(RequestId request_id, uint64_t slot_id);

@@ -48,7 +48,7 @@ absl::Status Serve(const PrefillFlags& f) {
 }  // namespace kvwire::prefill
 
 int main(int argc, char** argv) {
-  kvwire::grpc_util::BlockShutdownSignals();
+  kvwire::grpc_util::InstallShutdownHandlers();
   kvwire::prefill::PrefillFlags f;
   CLI::App app{"kvwire prefill node"};
   kvwire::grpc_util::AddNodeFlags(app, &f.node);

@@ -1,8 +1,11 @@
 #include "proto/node_agent.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 
 #include "kvwire/base/log.h"
 #include "proto/grpc_util.h"
@@ -92,25 +95,38 @@ void NodeAgent::Loop() {
 }
 
 namespace {
-sigset_t ShutdownSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
+
+int shutdown_pipe[2] = {-1, -1};
+
+void OnShutdownSignal(int signal) {
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  // Async-signal-safe; a full pipe means a signal is already pending, which is enough.
+  [[maybe_unused]] const ssize_t n = write(shutdown_pipe[1], &byte, 1);
 }
+
 }  // namespace
 
-void BlockShutdownSignals() {
-  const sigset_t set = ShutdownSignals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+void InstallShutdownHandlers() {
+  if (pipe2(shutdown_pipe, O_CLOEXEC) != 0) {
+    KVWIRE_LOG(ERROR) << "cannot create the shutdown pipe; signals end the process at once";
+    return;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnShutdownSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
 }
 
 int WaitForShutdownSignal() {
-  const sigset_t set = ShutdownSignals();
-  int signal = 0;
-  sigwait(&set, &signal);
-  return signal;
+  unsigned char byte = 0;
+  while (true) {
+    const ssize_t n = read(shutdown_pipe[0], &byte, 1);
+    if (n == 1) return byte;
+    if (n < 0 && errno == EINTR) continue;
+    pause();  // no pipe (see InstallShutdownHandlers): the default action ends the process
+  }
 }
 
 }  // namespace kvwire::grpc_util

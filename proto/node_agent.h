@@ -49,11 +49,12 @@ class NodeAgent {
   std::thread thread_;
 };
 
-// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later. Call first
-// thing in main, before any thread exists, so WaitForShutdownSignal receives them.
-void BlockShutdownSignals();
-// Waits until SIGINT or SIGTERM arrives and returns its number (a process-lifetime wait: the
-// signal is its only end).
+// Installs SIGINT and SIGTERM handlers that only record the signal (libraries may own threads
+// started before main, so blocking the signals in main's threads would not be enough). Call
+// first thing in main.
+void InstallShutdownHandlers();
+// Waits until SIGINT or SIGTERM has arrived (a process-lifetime wait: the signal is its only
+// end) and returns its number.
 int WaitForShutdownSignal();
 
 }  // namespace kvwire::grpc_util
