@@ -1,0 +1,97 @@
+#include "proto/grpc_util.h"
+
+#include <grpcpp/health_check_service_interface.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "kvwire/v1/decode.grpc.pb.h"
+
+namespace kvwire::grpc_util {
+namespace {
+
+struct CodePair {
+  absl::StatusCode absl_code;
+  grpc::StatusCode grpc_code;
+};
+
+constexpr CodePair kCodes[] = {
+    {absl::StatusCode::kOk, grpc::StatusCode::OK},
+    {absl::StatusCode::kCancelled, grpc::StatusCode::CANCELLED},
+    {absl::StatusCode::kUnknown, grpc::StatusCode::UNKNOWN},
+    {absl::StatusCode::kInvalidArgument, grpc::StatusCode::INVALID_ARGUMENT},
+    {absl::StatusCode::kDeadlineExceeded, grpc::StatusCode::DEADLINE_EXCEEDED},
+    {absl::StatusCode::kNotFound, grpc::StatusCode::NOT_FOUND},
+    {absl::StatusCode::kAlreadyExists, grpc::StatusCode::ALREADY_EXISTS},
+    {absl::StatusCode::kPermissionDenied, grpc::StatusCode::PERMISSION_DENIED},
+    {absl::StatusCode::kResourceExhausted, grpc::StatusCode::RESOURCE_EXHAUSTED},
+    {absl::StatusCode::kFailedPrecondition, grpc::StatusCode::FAILED_PRECONDITION},
+    {absl::StatusCode::kAborted, grpc::StatusCode::ABORTED},
+    {absl::StatusCode::kOutOfRange, grpc::StatusCode::OUT_OF_RANGE},
+    {absl::StatusCode::kUnimplemented, grpc::StatusCode::UNIMPLEMENTED},
+    {absl::StatusCode::kInternal, grpc::StatusCode::INTERNAL},
+    {absl::StatusCode::kUnavailable, grpc::StatusCode::UNAVAILABLE},
+    {absl::StatusCode::kDataLoss, grpc::StatusCode::DATA_LOSS},
+    {absl::StatusCode::kUnauthenticated, grpc::StatusCode::UNAUTHENTICATED},
+};
+
+TEST(GrpcStatus, TranslatesEveryCodeBothWaysWithMessage) {
+  for (const CodePair& pair : kCodes) {
+    const absl::Status a(pair.absl_code, pair.absl_code == absl::StatusCode::kOk ? "" : "why");
+    const grpc::Status g = ToGrpc(a);
+    EXPECT_EQ(g.error_code(), pair.grpc_code) << a;
+    EXPECT_EQ(g.error_message(), std::string(a.message()));
+    EXPECT_EQ(FromGrpc(g), a);
+  }
+}
+
+TEST(Credentials, InsecureWithoutFilesAndErrorsForHalfOrMissingFiles) {
+  EXPECT_TRUE(LoadServerCredentials({}).ok());
+  EXPECT_EQ(LoadServerCredentials({.cert_path = "/x.pem"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LoadServerCredentials({.cert_path = "/nonexistent/c", .key_path = "/nonexistent/k"})
+                .status()
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(LoadChannelCredentials({}, /*use_tls=*/false).ok());
+  EXPECT_TRUE(LoadChannelCredentials({}, /*use_tls=*/true).ok());
+}
+
+class NoopDecode final : public kvwire::v1::DecodeService::Service {
+  grpc::Status Release(grpc::ServerContext*, const kvwire::v1::ReleaseRequest* request,
+                       kvwire::v1::ReleaseResponse* response) override {
+    response->set_released(request->slot_id() == 7);
+    return ToGrpc(absl::NotFoundError("slot"));
+  }
+};
+
+TEST(StartServer, ServesServicesAndReportsPortAndHealth) {
+  NoopDecode service;
+  auto creds = LoadServerCredentials({});
+  ASSERT_TRUE(creds.ok());
+  auto running = StartServer("127.0.0.1:0", *creds, {&service});
+  ASSERT_TRUE(running.ok()) << running.status();
+  ASSERT_GT(running->port, 0);
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", running->port),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = kvwire::v1::DecodeService::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  kvwire::v1::ReleaseRequest request;
+  kvwire::v1::ReleaseResponse response;
+  const absl::Status status = FromGrpc(stub->Release(&context, request, &response));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(status.message(), "slot");
+  EXPECT_NE(running->server->GetHealthCheckService(), nullptr);
+  running->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
+TEST(StartServer, UnbindableAddressIsUnavailable) {
+  NoopDecode service;
+  auto running = StartServer("256.1.1.1:1", grpc::InsecureServerCredentials(), {&service});
+  EXPECT_EQ(running.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace kvwire::grpc_util
