@@ -133,10 +133,10 @@ absl::Status ValidatePolicy(const BudgetPolicy& p) {
 
 BudgetPolicy EmbeddedDefaultPolicy() {
   BudgetPolicy p;
-  p.default_budget = Budget::KeptFraction(0.5f);
+  p.default_budget = Budget::KeptFraction(0.2f);
   p.min_kept_fraction = 0.01f;
   p.max_kept_fraction = 1.0f;
-  p.method = "snapkv/adaptive";
+  p.method = compress::kDefaultMethod;
   return p;
 }
 

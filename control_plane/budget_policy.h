@@ -66,8 +66,8 @@ struct BudgetPolicy {
 absl::Status ValidateBudget(const Budget& budget, absl::string_view what);
 absl::Status ValidatePolicy(const BudgetPolicy& policy);
 
-// The policy in force when no file exists: every tenant and model, kept fraction 0.5, overrides
-// within [0.01, 1], method "snapkv/adaptive".
+// The policy in force when no file exists: every tenant and model, kept fraction 0.2, overrides
+// within [0.01, 1], method compress::kDefaultMethod.
 BudgetPolicy EmbeddedDefaultPolicy();
 
 // Learns the prefill -> decode link bandwidth from completed transfers (exponentially weighted

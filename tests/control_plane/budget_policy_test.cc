@@ -211,7 +211,7 @@ TEST(PolicyStore, LookupPrefersExactThenWildcards) {
   EXPECT_FLOAT_EQ(s.Lookup("a", "m1")->default_budget.kept_fraction, 0.2f);
   EXPECT_FLOAT_EQ(s.Lookup("a", "m2")->default_budget.kept_fraction, 0.4f);
   EXPECT_FLOAT_EQ(s.Lookup("b", "m2")->default_budget.kept_fraction, 0.3f);
-  EXPECT_FLOAT_EQ(s.Lookup("b", "m3")->default_budget.kept_fraction, 0.5f);
+  EXPECT_FLOAT_EQ(s.Lookup("b", "m3")->default_budget.kept_fraction, 0.2f);  // embedded default
 }
 
 TEST(PolicyStore, UnknownTenantWithoutWildcardIsInvalidArgument) {
