@@ -200,8 +200,10 @@ TEST_F(ControlServiceTest, RelaysTextAndMergesStats) {
   EXPECT_EQ(r.stats.decode_node_id(), "d1");
   EXPECT_GT(r.stats.ttft_ms(), 0);
   EXPECT_GT(r.stats.prompt_tokens(), 0u);
-  EXPECT_FLOAT_EQ(r.stats.budget_kept_fraction(), 0.5f);
-  EXPECT_FLOAT_EQ(prefill.kept_fraction.load(), 0.5f);
+  // No policy file: the embedded default budget applies.
+  const float embedded = EmbeddedDefaultPolicy().default_budget.kept_fraction;
+  EXPECT_FLOAT_EQ(r.stats.budget_kept_fraction(), embedded);
+  EXPECT_FLOAT_EQ(prefill.kept_fraction.load(), embedded);
   EXPECT_EQ(bandwidth_.samples(), 1u);
   EXPECT_DOUBLE_EQ(bandwidth_.bytes_per_ms(), 500);
   absl::MutexLock lock(&decode.mu);
