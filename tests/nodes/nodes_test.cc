@@ -311,6 +311,16 @@ TEST_F(NodesTest, WrongTokenIsRejectedAndTheSlotIsFreed) {
   ExpectNoLiveGrants();
 }
 
+TEST_F(NodesTest, StreamLargerThanTheGrantIsResourceExhausted) {
+  auto grant = Reserve(NewRequestId(), 10, 1.0f);  // room for 10 tokens' KV
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  auto prefilled = Prefill(*grant, Prompt(200), 1.0f);
+  EXPECT_EQ(prefilled.status().code(), absl::StatusCode::kResourceExhausted) << prefilled.status();
+  auto decoded = Decode(*grant, 5);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kResourceExhausted) << decoded.status();
+  ExpectNoLiveGrants();
+}
+
 TEST_F(NodesTest, InvalidPrefillRequestsAreInvalidArgument) {
   auto grant = Reserve(NewRequestId(), 20, 1.0f);
   ASSERT_TRUE(grant.ok()) << grant.status();
