@@ -12,7 +12,8 @@
 //
 // Thread-safety: gRPC calls it from many threads. Error codes (as gRPC statuses):
 // INVALID_ARGUMENT (empty prompt, token outside the vocabulary, prompt past the context, kept
-// fraction outside (0, 1], bad compression spec or kv dtype, malformed grant),
+// fraction outside (0, 1], bad compression spec or kv dtype, malformed grant), FAILED_PRECONDITION
+// (the grant names another transport kind),
 // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down; decode node unreachable or gone),
 // DEADLINE_EXCEEDED, PERMISSION_DENIED / RESOURCE_EXHAUSTED from the decode node's admission,
 // CANCELLED.
