@@ -146,14 +146,15 @@ class Client {
 
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::Grant& grant,
                                               const std::vector<uint32_t>& prompt, float kept,
-                                              absl::Duration timeout = absl::Seconds(60)) {
+                                              absl::Duration timeout = absl::Seconds(60),
+                                              const std::string& method = "snapkv/adaptive/merge") {
     grpc::ClientContext context;
     SetDeadline(&context, timeout);
     v1::PrefillRequest request;
     request.set_request_id(grant.request_id());
     request.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
     request.set_kept_fraction(kept);
-    request.mutable_compression()->set_method("snapkv/adaptive/merge");
+    request.mutable_compression()->set_method(method);
     *request.mutable_grant() = grant;
     v1::PrefillResponse response;
     KVWIRE_RETURN_IF_ERROR(FromGrpc(prefill_stub_->Prefill(&context, request, &response)));
@@ -222,8 +223,9 @@ class NodesTest : public ::testing::Test {
   }
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::Grant& grant,
                                               const std::vector<uint32_t>& prompt, float kept,
-                                              absl::Duration timeout = absl::Seconds(60)) {
-    return client_->Prefill(grant, prompt, kept, timeout);
+                                              absl::Duration timeout = absl::Seconds(60),
+                                              const std::string& method = "snapkv/adaptive/merge") {
+    return client_->Prefill(grant, prompt, kept, timeout, method);
   }
   auto Decode(const v1::Grant& grant, uint32_t first_token, float decode_kept_fraction = 0) {
     return client_->Decode(grant, first_token, decode_kept_fraction);
@@ -327,6 +329,8 @@ TEST_F(NodesTest, InvalidPrefillRequestsAreInvalidArgument) {
   EXPECT_EQ(Prefill(*grant, {}, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Prefill(*grant, {1u << 30}, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Prefill(*grant, Prompt(20), 0.0f).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Prefill(*grant, Prompt(20), 0.5f, absl::Seconds(60), "nosuch/scorer").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Reserve(NewRequestId(), 0, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
