@@ -42,7 +42,6 @@ namespace {
 
 using runtime::Runner;
 
-constexpr char kDefaultMethod[] = "defensive+critical/adaptive/merge";
 constexpr int64_t kAttnQueries = 32;
 constexpr int kAnswerTokens = 20;
 
@@ -330,7 +329,7 @@ absl::StatusOr<int> EvaluateRetrieval(const FidelityOptions& o, Evaluator& ev,
 void WriteJson(const FidelityOptions& o, const std::vector<Config>& configs,
                const std::vector<Score>& scores, int full_correct, int tasks) {
   std::ofstream out(o.json);
-  out << "{\n  \"default_method\": \"" << kDefaultMethod << "\",\n"
+  out << "{\n  \"default_method\": \"" << compress::kDefaultMethod << "\",\n"
       << "  \"model\": \"" << o.model << "\",\n  \"corpus\": \"" << o.corpus << "\",\n"
       << "  \"contexts\": \"" << o.contexts << "\",\n  \"continuation_tokens\": " << o.continuation
       << ",\n  \"retrieval_tasks\": " << tasks << ",\n  \"retrieval_full_correct\": " << full_correct

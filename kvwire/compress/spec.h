@@ -17,6 +17,10 @@
 
 namespace kvwire::compress {
 
+// The method kvwire uses when nobody asks for another: chosen from the fidelity benchmark
+// (README, "Compression quality").
+inline constexpr char kDefaultMethod[] = "defensive+critical/adaptive/merge";
+
 enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive };
 enum class AllocatorKind { kUniform, kAdaptive, kGlobal };
 enum class MergeMode { kNone, kGuarded, kZip };

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/strings/string_view.h"
+#include "kvwire/base/half.h"
 
 namespace kvwire::format {
 
@@ -22,10 +23,10 @@ absl::string_view DTypeName(DType t);
 // Parses "f32"/"fp32", "f16"/"fp16", "bf16", "i8"/"int8". False otherwise.
 bool ParseDType(absl::string_view text, DType* out);
 
-uint16_t FloatToHalf(float f);
-float HalfToFloat(uint16_t h);
-uint16_t FloatToBFloat16(float f);
-float BFloat16ToFloat(uint16_t b);
+using ::kvwire::Bf16ToFloat;
+using ::kvwire::FloatToBf16;
+using ::kvwire::FloatToHalf;
+using ::kvwire::HalfToFloat;
 
 // Converts n fp32 values into `out` (n * DTypeSize(t) bytes) for t in {F32, F16, BF16}.
 void PackFloats(const float* in, size_t n, DType t, uint8_t* out);

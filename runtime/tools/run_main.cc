@@ -2,7 +2,7 @@
 //
 //   kvwire-run --model M.gguf --prompt "Hello" [--chat] [--max-tokens 32]
 //   kvwire-run --model M.gguf --prompt-ids 504,3575,282
-//   compression: --budget 0.2 [--method snapkv/adaptive/merge]: the prompt's cache is compressed
+//   compression: --budget 0.2 [--method defensive+critical/adaptive/merge]: the prompt's cache is compressed
 //                layer by layer during prefill, then decoded with vote-biased attention
 //   sampling: --temperature T --top-p P --seed S (default greedy)
 #include <CLI/CLI.hpp>
@@ -28,7 +28,7 @@ struct RunFlags {
   int threads = 2;
   float budget = 1.0f;
   int64_t decode_budget = 0;  // max KV entries per head during decode; 0 = unbounded
-  std::string method = "snapkv/adaptive/merge";
+  std::string method = compress::kDefaultMethod;
   SamplingOptions sampling;
 };
 

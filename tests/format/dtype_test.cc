@@ -52,15 +52,15 @@ TEST(DType, HalfMatchesReferenceRoundingOnRandomFloats) {
 }
 
 TEST(DType, BFloat16RoundsToNearestEvenAndKeepsNaN) {
-  EXPECT_EQ(FloatToBFloat16(1.0f), 0x3f80);
+  EXPECT_EQ(FloatToBf16(1.0f), 0x3f80);
   // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1.0).
-  EXPECT_EQ(FloatToBFloat16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
-  EXPECT_EQ(FloatToBFloat16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
-  EXPECT_TRUE(std::isnan(BFloat16ToFloat(FloatToBFloat16(std::nanf("")))));
+  EXPECT_EQ(FloatToBf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(FloatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
   for (uint32_t b = 0; b < 0x10000; ++b) {
-    const float f = BFloat16ToFloat(static_cast<uint16_t>(b));
+    const float f = Bf16ToFloat(static_cast<uint16_t>(b));
     if (!std::isnan(f)) {
-      EXPECT_EQ(FloatToBFloat16(f), b);
+      EXPECT_EQ(FloatToBf16(f), b);
     }
   }
 }

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "kvwire/base/half.h"
+
 namespace kvwire::kernels {
 
 // Numeric ids are GGML's (ggml_type), as stored in GGUF tensor infos.
@@ -47,10 +49,10 @@ const QuantTypeInfo& Info(QuantType type);
 int64_t RowBytes(QuantType type, int64_t n);
 
 // fp16 / bf16 scalar conversions (round-to-nearest-even on the way down).
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);
-float Bf16ToFloat(uint16_t h);
-uint16_t FloatToBf16(float f);
+using ::kvwire::Bf16ToFloat;
+using ::kvwire::FloatToBf16;
+using ::kvwire::FloatToHalf;
+using ::kvwire::HalfToFloat;
 
 // dst fp32 [n] <- src row of n elements in `type`.
 void DequantizeRow(QuantType type, const void* src, float* dst, int64_t n);
