@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "kvwire/compress/spec.h"
 #include "kvwire/control/metrics.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
@@ -44,7 +45,7 @@ struct PrefillNodeOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   absl::Duration send_timeout = absl::Seconds(30);       // per frame
   absl::Duration default_deadline = absl::Seconds(120);  // when the caller set none
-  std::string default_method = "snapkv/adaptive/merge";
+  std::string default_method = compress::kDefaultMethod;
 };
 
 class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
