@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kvwire/base/status.h"
 #include "kvwire/control/metrics.h"
+#include "kvwire/v1/control_plane.grpc.pb.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
 #include "proto/grpc_util.h"
@@ -469,6 +470,59 @@ TEST(NodesShutdown, SigtermStopsBothNodesCleanly) {
     ASSERT_TRUE(node.WaitFor("listening ", Deadline::In(absl::Seconds(30)))) << binary;
     EXPECT_EQ(node.SignalAndWait(SIGTERM, Deadline::In(absl::Seconds(30))), 0) << binary;
   }
+}
+
+// The whole path: control plane, both nodes registered through their agents, a Generate call.
+TEST(NodesEndToEnd, GenerateThroughTheControlPlane) {
+  const std::string policy =
+      absl::StrCat(::testing::TempDir(), "/nodes_policy_", getpid(), ".yaml");
+  auto control =
+      ChildProcess::Spawn({KVWIRE_CONTROL_BIN, "--listen", "127.0.0.1:0", "--policy-file", policy,
+                           "--model", ModelPath(), "--lease-ms", "2000"});
+  ASSERT_TRUE(control.ok()) << control.status();
+  auto control_address =
+      (*control)->ReadTagged("kvwire-control listening on ", Deadline::In(absl::Seconds(30)));
+  ASSERT_TRUE(control_address.ok()) << control_address.status();
+  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--control", *control_address});
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--control", *control_address});
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  auto stub = v1::ControlPlane::NewStub(
+      grpc::CreateChannel(*control_address, grpc::InsecureChannelCredentials()));
+  // Registration is asynchronous: wait (bounded) until both nodes are listed.
+  const Deadline registered = Deadline::In(absl::Seconds(20));
+  int listed = 0;
+  while (listed < 2 && !registered.Expired()) {
+    grpc::ClientContext context;
+    SetDeadline(&context, absl::Seconds(5));
+    v1::ListNodesResponse nodes;
+    if (stub->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok()) listed = nodes.nodes_size();
+    if (listed < 2) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(listed, 2);
+  grpc::ClientContext context;
+  SetDeadline(&context, absl::Seconds(60));
+  v1::GenerateRequest request;
+  request.set_prompt("hello there, tiny model");
+  request.mutable_sampling()->set_max_tokens(8);
+  request.mutable_budget()->set_kept_fraction(0.5f);
+  auto reader = stub->Generate(&context, request);
+  v1::GenerateResponse response;
+  bool have_stats = false;
+  v1::RequestStats stats;
+  while (reader->Read(&response)) {
+    if (response.has_final_stats()) {
+      have_stats = true;
+      stats = response.final_stats();
+    }
+  }
+  const absl::Status status = FromGrpc(reader->Finish());
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_TRUE(have_stats);
+  EXPECT_GT(stats.wire_bytes(), 0u);
+  EXPECT_LT(stats.wire_bytes(), stats.raw_kv_bytes());
+  EXPECT_GT(stats.generated_tokens(), 0u);
+  std::remove(policy.c_str());
 }
 
 // The reference model, when present: budget 1 must reproduce a local greedy run exactly.
