@@ -31,7 +31,7 @@ absl::Status Serve(const DecodeFlags& f) {
   options.lease = absl::Milliseconds(f.lease_ms);
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
-  options.model_name = f.node.model;
+  options.model_name = grpc_util::ModelName(f.node);
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,

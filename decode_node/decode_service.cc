@@ -79,6 +79,11 @@ DecodeServiceImpl::DecodeServiceImpl(const runtime::Model& model,
 }
 
 DecodeServiceImpl::~DecodeServiceImpl() {
+  // The transport outlives the service: stop it from calling into the grant table first.
+  transport_->SetAcceptor([](const transport::FrameInfo&,
+                             absl::Span<const uint8_t>) -> absl::StatusOr<transport::Destination> {
+    return absl::UnavailableError("decode node is stopping");
+  });
   stop_.Notify();
   janitor_.join();
   std::vector<std::pair<RequestId, uint64_t>> left;

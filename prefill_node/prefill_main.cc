@@ -30,7 +30,7 @@ absl::Status Serve(const PrefillFlags& f) {
   options.queue_limit = f.queue;
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
-  options.model_name = f.node.model;
+  options.model_name = grpc_util::ModelName(f.node);
   auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));

@@ -114,6 +114,12 @@ absl::Status PrefillServiceImpl::Validate(const kvwire::v1::PrefillRequest& requ
     return absl::InvalidArgumentError(
         absl::StrCat("grant is for request ", grant.request_id(), ", not ", request.request_id()));
   }
+  if (grant.transport() != kvwire::v1::TRANSPORT_KIND_UNSPECIFIED &&
+      grant.transport() != options_.transport_kind) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "grant is for transport ", kvwire::v1::TransportKind_Name(grant.transport()),
+        ", this node sends over ", kvwire::v1::TransportKind_Name(options_.transport_kind)));
+  }
   return GrantToken(grant).status();
 }
 

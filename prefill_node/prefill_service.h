@@ -12,7 +12,8 @@
 //
 // Thread-safety: gRPC calls it from many threads. Error codes (as gRPC statuses):
 // INVALID_ARGUMENT (empty prompt, token outside the vocabulary, prompt past the context, kept
-// fraction outside (0, 1], bad compression spec or kv dtype, malformed grant),
+// fraction outside (0, 1], bad compression spec or kv dtype, malformed grant), FAILED_PRECONDITION
+// (the grant names another transport kind),
 // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down; decode node unreachable or gone),
 // DEADLINE_EXCEEDED, PERMISSION_DENIED / RESOURCE_EXHAUSTED from the decode node's admission,
 // CANCELLED.
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "kvwire/compress/spec.h"
 #include "kvwire/control/metrics.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
@@ -43,7 +45,7 @@ struct PrefillNodeOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   absl::Duration send_timeout = absl::Seconds(30);       // per frame
   absl::Duration default_deadline = absl::Seconds(120);  // when the caller set none
-  std::string default_method = "snapkv/adaptive/merge";
+  std::string default_method = compress::kDefaultMethod;
 };
 
 class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {

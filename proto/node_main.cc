@@ -2,6 +2,7 @@
 
 #include <iostream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
 #include "kvwire/transport/ucx/ucx_transport.h"
@@ -13,6 +14,7 @@ void AddNodeFlags(CLI::App& app, NodeFlags* f) {
   app.add_option("--advertise", f->advertise, "address announced to the control plane");
   app.add_option("--control", f->control, "control plane host:port (optional)");
   app.add_option("--model", f->model, "GGUF model file")->required();
+  app.add_option("--model-name", f->model_name, "model name for routing (default: file stem)");
   app.add_option("--metrics", f->metrics, "Prometheus /metrics listen address host:port");
   app.add_option("--transport", f->transport, "data-plane transport")
       ->check(CLI::IsMember({"ucx", "loopback"}));
@@ -58,6 +60,13 @@ absl::StatusOr<std::unique_ptr<NodeAgent>> StartAgent(const NodeFlags& flags,
   if (!credentials.ok()) return credentials.status();
   return std::make_unique<NodeAgent>(grpc::CreateChannel(flags.control, *credentials),
                                      std::move(info));
+}
+
+std::string ModelName(const NodeFlags& flags) {
+  if (!flags.model_name.empty()) return flags.model_name;
+  std::string name = flags.model.substr(flags.model.find_last_of('/') + 1);
+  if (absl::EndsWith(name, ".gguf")) name.resize(name.size() - 5);
+  return name;
 }
 
 std::string BoundAddress(const std::string& listen, int port) {

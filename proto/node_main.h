@@ -25,7 +25,8 @@ struct NodeFlags {
   std::string advertise;  // address given to the control plane (default: the bound listen address)
   std::string control;    // control plane host:port; empty = run without one
   std::string model;
-  std::string metrics;  // host:port of the /metrics endpoint; empty = none
+  std::string model_name;  // announced to the control plane (default: file name without .gguf)
+  std::string metrics;     // host:port of the /metrics endpoint; empty = none
   std::string transport = "ucx";
   std::string ucx_tls;  // UCX_TLS for the data plane; empty = UCX's default
   std::string node_id;
@@ -48,6 +49,9 @@ absl::StatusOr<std::unique_ptr<control::MetricsHttpServer>> StartMetrics(
 // Starts registration with the control plane when --control is set (nullptr otherwise).
 absl::StatusOr<std::unique_ptr<NodeAgent>> StartAgent(const NodeFlags& flags,
                                                       NodeAgent::InfoFn info);
+
+// --model-name, or the model file's name without directory and ".gguf".
+std::string ModelName(const NodeFlags& flags);
 
 // "host:port" actually bound: the listen host with the bound port.
 std::string BoundAddress(const std::string& listen, int port);

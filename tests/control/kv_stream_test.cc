@@ -169,6 +169,25 @@ TEST_P(KvStreamTest, SenderGoneMidStreamIsUnavailableWithinDeadline) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
 }
 
+TEST_P(KvStreamTest, ReceiverGoneMidStreamFailsTheSenderWithUnavailable) {
+  auto grant = grants_.Reserve(NewRequestId(), 1 << 20, absl::Seconds(10));
+  ASSERT_TRUE(grant.ok());
+  KvStreamSender sender(conn_.get(), grant->request_id, grant->token, manifest_,
+                        {.send_timeout = absl::Seconds(10), .max_in_flight = 1});
+  ASSERT_TRUE(sender.Start().ok());
+  ASSERT_TRUE(sender.SendLayer(0, cache_.layers[0]).ok());
+  receiver_.reset();
+  const absl::Time start = absl::Now();
+  absl::Status status;
+  for (uint32_t l = 1; l < cache_.layers.size() && status.ok(); ++l) {
+    status = sender.SendLayer(l, cache_.layers[l]);
+  }
+  if (status.ok()) status = sender.Commit();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(sender.Commit().code(), status.code());  // the failure sticks
+}
+
 TEST_P(KvStreamTest, ManifestCheckFailureEndsTheStream) {
   auto grant = grants_.Reserve(NewRequestId(), 1 << 20, absl::Seconds(10));
   ASSERT_TRUE(grant.ok());

@@ -3,8 +3,10 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 
@@ -84,6 +86,46 @@ TEST(StartServer, ServesServicesAndReportsPortAndHealth) {
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(status.message(), "slot");
   EXPECT_NE(running->server->GetHealthCheckService(), nullptr);
+  running->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
+// A self-signed certificate for "localhost" made with the openssl command line tool.
+absl::StatusOr<TlsFiles> SelfSignedFiles() {
+  const std::string dir = ::testing::TempDir();
+  TlsFiles files{.cert_path = dir + "/grpc_util_cert.pem", .key_path = dir + "/grpc_util_key.pem"};
+  files.ca_path = files.cert_path;
+  const std::string command = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost -keyout ",
+      files.key_path, " -out ", files.cert_path, " >/dev/null 2>&1");
+  if (std::system(command.c_str()) != 0) return absl::UnavailableError("openssl failed");
+  return files;
+}
+
+TEST(StartServer, ServesOverTlsWithGivenCertificate) {
+  auto files = SelfSignedFiles();
+  if (!files.ok()) GTEST_SKIP() << "no openssl to make a test certificate: " << files.status();
+  auto server_creds = LoadServerCredentials(*files);
+  ASSERT_TRUE(server_creds.ok()) << server_creds.status();
+  NoopDecode service;
+  auto running = StartServer("127.0.0.1:0", *server_creds, {&service});
+  ASSERT_TRUE(running.ok()) << running.status();
+  auto channel_creds = LoadChannelCredentials(*files, /*use_tls=*/true);
+  ASSERT_TRUE(channel_creds.ok());
+  auto call = [&](std::shared_ptr<grpc::ChannelCredentials> creds) {
+    // An IP literal (no resolver, whose c-ares state outlives the test) checked as "localhost".
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    auto stub = kvwire::v1::DecodeService::NewStub(
+        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", running->port), creds, args));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    kvwire::v1::ReleaseRequest request;
+    kvwire::v1::ReleaseResponse response;
+    return FromGrpc(stub->Release(&context, request, &response));
+  };
+  EXPECT_EQ(call(*channel_creds).code(), absl::StatusCode::kNotFound);  // the service answered
+  EXPECT_EQ(call(grpc::InsecureChannelCredentials()).code(), absl::StatusCode::kUnavailable);
   running->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kvwire/base/status.h"
 #include "kvwire/control/metrics.h"
+#include "kvwire/v1/control_plane.grpc.pb.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
 #include "proto/grpc_util.h"
@@ -146,14 +147,15 @@ class Client {
 
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::Grant& grant,
                                               const std::vector<uint32_t>& prompt, float kept,
-                                              absl::Duration timeout = absl::Seconds(60)) {
+                                              absl::Duration timeout = absl::Seconds(60),
+                                              const std::string& method = "snapkv/adaptive/merge") {
     grpc::ClientContext context;
     SetDeadline(&context, timeout);
     v1::PrefillRequest request;
     request.set_request_id(grant.request_id());
     request.mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
     request.set_kept_fraction(kept);
-    request.mutable_compression()->set_method("snapkv/adaptive/merge");
+    request.mutable_compression()->set_method(method);
     *request.mutable_grant() = grant;
     v1::PrefillResponse response;
     KVWIRE_RETURN_IF_ERROR(FromGrpc(prefill_stub_->Prefill(&context, request, &response)));
@@ -222,8 +224,9 @@ class NodesTest : public ::testing::Test {
   }
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::Grant& grant,
                                               const std::vector<uint32_t>& prompt, float kept,
-                                              absl::Duration timeout = absl::Seconds(60)) {
-    return client_->Prefill(grant, prompt, kept, timeout);
+                                              absl::Duration timeout = absl::Seconds(60),
+                                              const std::string& method = "snapkv/adaptive/merge") {
+    return client_->Prefill(grant, prompt, kept, timeout, method);
   }
   auto Decode(const v1::Grant& grant, uint32_t first_token, float decode_kept_fraction = 0) {
     return client_->Decode(grant, first_token, decode_kept_fraction);
@@ -311,12 +314,24 @@ TEST_F(NodesTest, WrongTokenIsRejectedAndTheSlotIsFreed) {
   ExpectNoLiveGrants();
 }
 
+TEST_F(NodesTest, StreamLargerThanTheGrantIsResourceExhausted) {
+  auto grant = Reserve(NewRequestId(), 10, 1.0f);  // room for 10 tokens' KV
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  auto prefilled = Prefill(*grant, Prompt(200), 1.0f);
+  EXPECT_EQ(prefilled.status().code(), absl::StatusCode::kResourceExhausted) << prefilled.status();
+  auto decoded = Decode(*grant, 5);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kResourceExhausted) << decoded.status();
+  ExpectNoLiveGrants();
+}
+
 TEST_F(NodesTest, InvalidPrefillRequestsAreInvalidArgument) {
   auto grant = Reserve(NewRequestId(), 20, 1.0f);
   ASSERT_TRUE(grant.ok()) << grant.status();
   EXPECT_EQ(Prefill(*grant, {}, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Prefill(*grant, {1u << 30}, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Prefill(*grant, Prompt(20), 0.0f).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Prefill(*grant, Prompt(20), 0.5f, absl::Seconds(60), "nosuch/scorer").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Reserve(NewRequestId(), 0, 1.0f).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -455,6 +470,59 @@ TEST(NodesShutdown, SigtermStopsBothNodesCleanly) {
     ASSERT_TRUE(node.WaitFor("listening ", Deadline::In(absl::Seconds(30)))) << binary;
     EXPECT_EQ(node.SignalAndWait(SIGTERM, Deadline::In(absl::Seconds(30))), 0) << binary;
   }
+}
+
+// The whole path: control plane, both nodes registered through their agents, a Generate call.
+TEST(NodesEndToEnd, GenerateThroughTheControlPlane) {
+  const std::string policy =
+      absl::StrCat(::testing::TempDir(), "/nodes_policy_", getpid(), ".yaml");
+  auto control =
+      ChildProcess::Spawn({KVWIRE_CONTROL_BIN, "--listen", "127.0.0.1:0", "--policy-file", policy,
+                           "--model", ModelPath(), "--lease-ms", "2000"});
+  ASSERT_TRUE(control.ok()) << control.status();
+  auto control_address =
+      (*control)->ReadTagged("kvwire-control listening on ", Deadline::In(absl::Seconds(30)));
+  ASSERT_TRUE(control_address.ok()) << control_address.status();
+  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--control", *control_address});
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--control", *control_address});
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  auto stub = v1::ControlPlane::NewStub(
+      grpc::CreateChannel(*control_address, grpc::InsecureChannelCredentials()));
+  // Registration is asynchronous: wait (bounded) until both nodes are listed.
+  const Deadline registered = Deadline::In(absl::Seconds(20));
+  int listed = 0;
+  while (listed < 2 && !registered.Expired()) {
+    grpc::ClientContext context;
+    SetDeadline(&context, absl::Seconds(5));
+    v1::ListNodesResponse nodes;
+    if (stub->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok()) listed = nodes.nodes_size();
+    if (listed < 2) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_EQ(listed, 2);
+  grpc::ClientContext context;
+  SetDeadline(&context, absl::Seconds(60));
+  v1::GenerateRequest request;
+  request.set_prompt("hello there, tiny model");
+  request.mutable_sampling()->set_max_tokens(8);
+  request.mutable_budget()->set_kept_fraction(0.5f);
+  auto reader = stub->Generate(&context, request);
+  v1::GenerateResponse response;
+  bool have_stats = false;
+  v1::RequestStats stats;
+  while (reader->Read(&response)) {
+    if (response.has_final_stats()) {
+      have_stats = true;
+      stats = response.final_stats();
+    }
+  }
+  const absl::Status status = FromGrpc(reader->Finish());
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_TRUE(have_stats);
+  EXPECT_GT(stats.wire_bytes(), 0u);
+  EXPECT_LT(stats.wire_bytes(), stats.raw_kv_bytes());
+  EXPECT_GT(stats.generated_tokens(), 0u);
+  std::remove(policy.c_str());
 }
 
 // The reference model, when present: budget 1 must reproduce a local greedy run exactly.
