@@ -2,7 +2,7 @@
 //
 //   kvwire-run --model M.gguf --prompt "Hello" [--chat] [--max-tokens 32]
 //   kvwire-run --model M.gguf --prompt-ids 504,3575,282
-//   compression: --budget 0.2 [--method window/uniform/merge]: the prompt's cache is compressed
+//   compression: --budget 0.2 [--method defensive/uniform/merge]: the prompt's cache is compressed
 //                layer by layer during prefill, then decoded with vote-biased attention
 //   sampling: --temperature T --top-p P --seed S (default greedy)
 #include <CLI/CLI.hpp>
