@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
+#include "bench/stats.h"
 #include "bench/fidelity_data.h"
 #include "prefill_node/compressing_prefill.h"
 #include "runtime/tokenizer_gguf.h"
@@ -66,11 +67,6 @@ void MakeLayer(const CompressBenchOptions& o, Layer* layer) {
   in.values = layer->values.data();
   in.wo = layer->wo.data();
   in.hidden = o.hidden;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
 struct Result {

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "bench/command.h"
+#include "bench/stats.h"
 #include "runtime/runner.h"
 
 namespace kvwire::bench {
@@ -27,11 +28,6 @@ struct RuntimeFlags {
 
 double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {

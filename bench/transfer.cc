@@ -36,6 +36,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
+#include "bench/stats.h"
 #include "kvwire/base/deadline.h"
 #include "kvwire/base/ids.h"
 #include "kvwire/base/status.h"
@@ -86,13 +87,6 @@ struct Row {
 };
 
 double Micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return NAN;
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
-  return v[i];
-}
 
 std::string UcxTlsFor(const std::string& tls) { return tls == "shm" ? "posix,cma,self" : tls; }
 
