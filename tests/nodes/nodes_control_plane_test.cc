@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -124,7 +125,9 @@ class ControlPlaneTest : public ::testing::Test {
     return busy;
   }
 
-  GenerateResult Generate(const std::string& prompt, int max_tokens = 8) {
+  // `on_first_text` runs on the calling thread once the first text has arrived.
+  GenerateResult Generate(const std::string& prompt, int max_tokens = 8,
+                          const std::function<void()>& on_first_text = nullptr) {
     const absl::Time start = absl::Now();
     grpc::ClientContext context;
     SetDeadline(&context, kRequestTimeout);
@@ -136,6 +139,9 @@ class ControlPlaneTest : public ::testing::Test {
     GenerateResult result;
     v1::GenerateResponse response;
     while (reader->Read(&response)) {
+      if (result.text.empty() && !response.text_delta().empty() && on_first_text) {
+        on_first_text();
+      }
       result.text += response.text_delta();
       if (response.has_final_stats()) {
         result.have_stats = true;
@@ -281,6 +287,19 @@ TEST_F(ControlPlaneTest, DecodeNodeKilledMidRequestIsUnavailableAndTheControlPla
   }));
   ExpectCompleted(Generate("after the restart"));
   ExpectNoLiveGrants(*restarted);
+}
+
+TEST_F(ControlPlaneTest, DecodeNodeKilledWhileStreamingEndsTheRequestWithinItsDeadline) {
+  ASSERT_NO_FATAL_FAILURE(StartNodes(1));
+  // Killed as soon as the first text arrives, with hundreds of tokens still to generate (unless
+  // the model ends early, when a completed answer is also acceptable).
+  const GenerateResult result =
+      Generate("a long answer, please", 900, [this] { decode_.process->Kill(); });
+  ExpectCompletedOrUnavailable(result);
+  EXPECT_FALSE(result.text.empty());
+  auto stats = GetStats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->requests_in_flight(), 0u);
 }
 
 }  // namespace
