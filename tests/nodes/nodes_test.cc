@@ -1,6 +1,7 @@
 // Real kvwire-decode and kvwire-prefill processes on loopback addresses, driven directly over
-// gRPC (Reserve -> Prefill -> Decode) without a control plane. The model is the tiny random one
-// (runtime/tiny_model.h) written to a temporary file, so no download is needed.
+// gRPC (Reserve -> Prefill -> Decode) without a control plane; nodes_control_plane_test.cc has the
+// tests through one. The model is the tiny random one (runtime/tiny_model.h) written to a
+// temporary file, so no download is needed.
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
@@ -8,84 +9,33 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
 #include <future>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kvwire/base/status.h"
-#include "kvwire/control/metrics.h"
-#include "kvwire/v1/control_plane.grpc.pb.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "runtime/model.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
-#include "runtime/tiny_model.h"
 #include "runtime/tokenizer_gguf.h"
-#include "tests/transport/transport_test_util.h"
+#include "tests/nodes/nodes_test_util.h"
 
 namespace kvwire {
 namespace {
 
 using grpc_util::FromGrpc;
-using transport::testing::ChildProcess;
+using nodes_testing::ModelPath;
+using nodes_testing::Node;
+using nodes_testing::SetDeadline;
+using nodes_testing::StartNode;
 
 constexpr int kMaxTokens = 12;
-
-std::string ModelPath() {
-  static const std::string path = [] {
-    std::string file = absl::StrCat(::testing::TempDir(), "/nodes_tiny_", getpid(), ".gguf");
-    auto bytes = runtime::MakeTinyModel({.n_layers = 3, .context_length = 1024});
-    if (!bytes.ok()) return std::string();
-    std::ofstream(file, std::ios::binary) << *bytes;
-    return file;
-  }();
-  return path;
-}
-
-struct Node {
-  std::unique_ptr<ChildProcess> process;
-  std::string address;
-  std::string metrics;
-};
-
-absl::StatusOr<Node> StartNode(const std::string& binary, std::vector<std::string> extra,
-                               const std::string& model = ModelPath()) {
-  std::vector<std::string> argv = {binary,      "--listen", "127.0.0.1:0", "--model",    model,
-                                   "--ucx-tls", "tcp",      "--metrics",   "127.0.0.1:0"};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  Node node;
-  KVWIRE_ASSIGN_OR_RETURN(node.process, ChildProcess::Spawn(argv));
-  const Deadline deadline = Deadline::In(absl::Seconds(30));
-  KVWIRE_ASSIGN_OR_RETURN(node.address, node.process->ReadTagged("listening ", deadline));
-  KVWIRE_ASSIGN_OR_RETURN(node.metrics, node.process->ReadTagged("metrics ", deadline));
-  return node;
-}
-
-// The value of an unlabelled metric in a node's /metrics page.
-absl::StatusOr<double> ReadMetric(const Node& node, absl::string_view name) {
-  auto host_port = control::SplitHostPort(node.metrics);
-  if (!host_port.ok()) return host_port.status();
-  KVWIRE_ASSIGN_OR_RETURN(std::string page,
-                          control::HttpGet(host_port->first, host_port->second, "/metrics",
-                                           Deadline::In(absl::Seconds(5))));
-  const std::string prefix = absl::StrCat("\n", name, " ");
-  const size_t at = page.find(prefix);
-  if (at == std::string::npos) return absl::NotFoundError(std::string(name));
-  const size_t end = page.find('\n', at + prefix.size());
-  double value = 0;
-  if (!absl::SimpleAtod(page.substr(at + prefix.size(), end - at - prefix.size()), &value)) {
-    return absl::DataLossError(page);
-  }
-  return value;
-}
 
 std::vector<uint32_t> Prompt(int n) {
   std::vector<uint32_t> ids;
@@ -117,11 +67,6 @@ std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids,
   }
   EXPECT_TRUE(logits.ok()) << logits.status();
   return out;
-}
-
-template <typename Context>
-void SetDeadline(Context* context, absl::Duration timeout) {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
 // gRPC calls a control plane would make, straight to the nodes.
@@ -235,12 +180,8 @@ class NodesTest : public ::testing::Test {
   void ExpectNoLiveGrants() {
     // Slots are freed when Decode returns; the gauge is refreshed on every call and by the
     // janitor, so it settles within a few of its periods.
-    const Deadline deadline = Deadline::In(absl::Seconds(10));
-    absl::StatusOr<double> live;
-    do {
-      live = ReadMetric(decode_, "kvwire_decode_live_grants");
-    } while (live.ok() && *live != 0 && !deadline.Expired() &&
-             (absl::SleepFor(absl::Milliseconds(50)), true));
+    absl::StatusOr<double> live = nodes_testing::WaitForMetric(decode_, "kvwire_decode_live_grants",
+                                                               0, Deadline::In(absl::Seconds(10)));
     ASSERT_TRUE(live.ok()) << live.status();
     EXPECT_EQ(*live, 0);
   }
@@ -404,7 +345,7 @@ TEST(NodesLease, UnusedGrantLapsesAndItsSlotIsReaped) {
   EXPECT_TRUE(again.ok()) << again;
 }
 
-// A node started by posix_spawn, so the test can signal it (ChildProcess only kills).
+// A node started by posix_spawn with only its stdout piped, so the test sees its exit status.
 class SignalledNode {
  public:
   explicit SignalledNode(const std::string& binary) {
@@ -470,59 +411,6 @@ TEST(NodesShutdown, SigtermStopsBothNodesCleanly) {
     ASSERT_TRUE(node.WaitFor("listening ", Deadline::In(absl::Seconds(30)))) << binary;
     EXPECT_EQ(node.SignalAndWait(SIGTERM, Deadline::In(absl::Seconds(30))), 0) << binary;
   }
-}
-
-// The whole path: control plane, both nodes registered through their agents, a Generate call.
-TEST(NodesEndToEnd, GenerateThroughTheControlPlane) {
-  const std::string policy =
-      absl::StrCat(::testing::TempDir(), "/nodes_policy_", getpid(), ".yaml");
-  auto control =
-      ChildProcess::Spawn({KVWIRE_CONTROL_BIN, "--listen", "127.0.0.1:0", "--policy-file", policy,
-                           "--model", ModelPath(), "--lease-ms", "2000"});
-  ASSERT_TRUE(control.ok()) << control.status();
-  auto control_address =
-      (*control)->ReadTagged("kvwire-control listening on ", Deadline::In(absl::Seconds(30)));
-  ASSERT_TRUE(control_address.ok()) << control_address.status();
-  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--control", *control_address});
-  ASSERT_TRUE(decode.ok()) << decode.status();
-  auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--control", *control_address});
-  ASSERT_TRUE(prefill.ok()) << prefill.status();
-  auto stub = v1::ControlPlane::NewStub(
-      grpc::CreateChannel(*control_address, grpc::InsecureChannelCredentials()));
-  // Registration is asynchronous: wait (bounded) until both nodes are listed.
-  const Deadline registered = Deadline::In(absl::Seconds(20));
-  int listed = 0;
-  while (listed < 2 && !registered.Expired()) {
-    grpc::ClientContext context;
-    SetDeadline(&context, absl::Seconds(5));
-    v1::ListNodesResponse nodes;
-    if (stub->ListNodes(&context, v1::ListNodesRequest(), &nodes).ok()) listed = nodes.nodes_size();
-    if (listed < 2) absl::SleepFor(absl::Milliseconds(50));
-  }
-  ASSERT_EQ(listed, 2);
-  grpc::ClientContext context;
-  SetDeadline(&context, absl::Seconds(60));
-  v1::GenerateRequest request;
-  request.set_prompt("hello there, tiny model");
-  request.mutable_sampling()->set_max_tokens(8);
-  request.mutable_budget()->set_kept_fraction(0.5f);
-  auto reader = stub->Generate(&context, request);
-  v1::GenerateResponse response;
-  bool have_stats = false;
-  v1::RequestStats stats;
-  while (reader->Read(&response)) {
-    if (response.has_final_stats()) {
-      have_stats = true;
-      stats = response.final_stats();
-    }
-  }
-  const absl::Status status = FromGrpc(reader->Finish());
-  ASSERT_TRUE(status.ok()) << status;
-  ASSERT_TRUE(have_stats);
-  EXPECT_GT(stats.wire_bytes(), 0u);
-  EXPECT_LT(stats.wire_bytes(), stats.raw_kv_bytes());
-  EXPECT_GT(stats.generated_tokens(), 0u);
-  std::remove(policy.c_str());
 }
 
 // The reference model, when present: budget 1 must reproduce a local greedy run exactly.

@@ -84,6 +84,10 @@ void ChildProcess::Kill() {
   pid_ = -1;
 }
 
+void ChildProcess::Signal(int signal) {
+  if (pid_ > 0) kill(pid_, signal);
+}
+
 absl::StatusOr<std::string> ChildProcess::ReadLine(Deadline deadline) {
   while (true) {
     if (size_t nl = buffered_.find('\n'); nl != std::string::npos) {

@@ -39,6 +39,8 @@ class ChildProcess {
   absl::StatusOr<std::string> ReadTagged(absl::string_view prefix, Deadline deadline);
   // SIGKILLs the child and reaps it (so it is not left as a zombie that still looks alive).
   void Kill();
+  // Sends `signal` (e.g. SIGSTOP, SIGCONT) without reaping; a no-op once the child is reaped.
+  void Signal(int signal);
   // Exit code after waiting (bounded) for the child to end.
   absl::StatusOr<int> Wait(Deadline deadline);
 
