@@ -100,10 +100,6 @@ void DecodeScheduler::AttachCompactor(Job& job) {
 }
 
 bool DecodeScheduler::Step(Job& job) {
-  if (job.output->cancelled()) {
-    job.output->Finish(absl::CancelledError("generation cancelled"), "cancelled");
-    return false;
-  }
   cache::KvCache& cache = job.request.cache;
   absl::StatusOr<std::vector<float>> logits = runner_.Decode(
       job.next_token, runtime::DecodePosition(cache, job.generated - 1), &cache, job.options);
@@ -111,7 +107,11 @@ bool DecodeScheduler::Step(Job& job) {
     job.output->Finish(logits.status(), "error");
     return false;
   }
-  const int32_t token = job.sampler->Sample(*logits);
+  return Advance(job, *logits);
+}
+
+bool DecodeScheduler::Advance(Job& job, absl::Span<const float> logits) {
+  const int32_t token = job.sampler->Sample(logits);
   ++job.generated;
   const auto& stops = job.request.stop_tokens;
   if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
@@ -125,6 +125,35 @@ bool DecodeScheduler::Step(Job& job) {
   }
   job.next_token = token;
   return true;
+}
+
+void DecodeScheduler::StepAll(std::vector<std::unique_ptr<Job>>& active) {
+  // Cancelled requests leave first; every other request advances one token in a single batched
+  // decode step (weights read once for all of them).
+  std::vector<runtime::DecodeStep> steps;
+  std::vector<Job*> jobs;
+  for (auto& job : active) {
+    if (job->output->cancelled()) {
+      job->output->Finish(absl::CancelledError("generation cancelled"), "cancelled");
+      job.reset();
+      --active_;
+      continue;
+    }
+    cache::KvCache& cache = job->request.cache;
+    steps.push_back({job->next_token, runtime::DecodePosition(cache, job->generated - 1), &cache,
+                     &job->options});
+    jobs.push_back(job.get());
+  }
+  absl::StatusOr<std::vector<std::vector<float>>> logits = runner_.DecodeBatch(steps);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    // A batch that fails validation is retried one request at a time, so only the bad one fails.
+    const bool more = logits.ok() ? Advance(*jobs[i], (*logits)[i]) : Step(*jobs[i]);
+    if (more) continue;
+    for (auto& job : active) {
+      if (job.get() == jobs[i]) job.reset();
+    }
+    --active_;
+  }
 }
 
 void DecodeScheduler::Loop() {
@@ -141,13 +170,7 @@ void DecodeScheduler::Loop() {
         incoming_.pop_front();
       }
     }
-    // One token per request per turn: round-robin keeps every stream moving.
-    for (auto& job : active) {
-      if (!Step(*job)) {
-        job.reset();
-        --active_;
-      }
-    }
+    StepAll(active);
     active.erase(std::remove(active.begin(), active.end(), nullptr), active.end());
   }
   for (auto& job : active)

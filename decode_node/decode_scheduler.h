@@ -1,8 +1,9 @@
 // decode_node/decode_scheduler.h — one thread that generates tokens for every active request.
 //
 // Submit() hands over a request's installed (possibly compressed) cache and the token sampled by
-// the prefill node. The scheduler thread steps the active requests round-robin, one token each
-// per turn, with a single Runner (so the model's scratch memory exists once). Each produced token
+// the prefill node. Each turn the scheduler thread advances every active request by one token in
+// a single batched decode step (Runner::DecodeBatch: the weights are read once for all requests,
+// attention runs per request over its own cache). Each produced token
 // is queued on the request's Generation; the RPC thread drains it with Next(). A request ends at
 // an end-of-sequence token ("stop"), at max_tokens ("length"), on Cancel(), or on a runtime error.
 // Decode positions continue from the cache's original prompt length (runtime::DecodePosition).
@@ -91,8 +92,12 @@ class DecodeScheduler {
   };
   void Loop();
   void AttachCompactor(Job& job);
-  // One decode step of `job`; false when the job is over.
+  // One token for every active request, in one batched decode step; finished jobs are reset.
+  void StepAll(std::vector<std::unique_ptr<Job>>& active);
+  // One decode step of `job` alone; false when the job is over.
   bool Step(Job& job);
+  // Samples the next token of `job` from `logits` and streams it; false when the job is over.
+  bool Advance(Job& job, absl::Span<const float> logits);
 
   runtime::Runner runner_;  // used only by the scheduler thread
   absl::Mutex mu_;

@@ -99,35 +99,72 @@ absl::StatusOr<std::vector<float>> Runner::Forward(absl::Span<const int32_t> tok
                                                    cache::KvCache* cache) {
   KVWIRE_RETURN_IF_ERROR(Validate(tokens, first_position, *cache));
   const int64_t n = static_cast<int64_t>(tokens.size());
-  const ModelConfig& c = model_.config();
-  Resize(n);
-  positions_.resize(n);
-  for (int64_t t = 0; t < n; ++t) {
-    positions_[t] = first_position + static_cast<int32_t>(t);
-    model_.Embed(tokens[t], x_.data() + t * c.hidden);
-  }
-  for (int l = 0; l < c.n_layers; ++l) {
-    KVWIRE_RETURN_IF_ERROR(Layer(l, n, first_position, options, cache));
-  }
+  const Sequence seq{cache, 0, n, first_position, &options};
+  KVWIRE_RETURN_IF_ERROR(Run(tokens, {&seq, 1}));
   return Logits(n, options.all_logits);
 }
 
-void Runner::Attend(int layer, int64_t n, int32_t first_position, cache::KvCache* cache) {
-  const ModelConfig& c = model_.config();
-  for (int h = 0; h < c.n_kv_heads; ++h) {
-    cache::HeadSegment& seg = cache->layers[layer].heads[h];
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t at = (t * c.n_kv_heads + h) * c.head_dim;
-      seg.Append(first_position + static_cast<int32_t>(t), 0.0f, k_.data() + at, v_.data() + at,
-                 c.head_dim);
+absl::StatusOr<std::vector<std::vector<float>>> Runner::DecodeBatch(
+    absl::Span<const DecodeStep> steps) {
+  std::vector<int32_t> tokens;
+  std::vector<Sequence> seqs;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const DecodeStep& s = steps[i];
+    if (s.cache == nullptr) return absl::InvalidArgumentError("decode step without a cache");
+    KVWIRE_RETURN_IF_ERROR(Validate({&s.token, 1}, s.position, *s.cache));
+    tokens.push_back(s.token);
+    seqs.push_back({s.cache, static_cast<int64_t>(i), 1, s.position, s.options});
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[i].cache == seqs[j].cache) {
+        return absl::InvalidArgumentError("two steps of one decode batch share a cache");
+      }
     }
   }
-  const auto views = HeadViews(cache->layers[layer]);
-  kernels::Attention(AttentionShapeFor(c, n), q_.data(), views.data(), attn_.data(), &pool_);
+  if (steps.empty()) return std::vector<std::vector<float>>{};
+  KVWIRE_RETURN_IF_ERROR(Run(tokens, seqs));
+  const int64_t vocab = model_.config().vocab_size;
+  const std::vector<float> all = Logits(static_cast<int64_t>(steps.size()), /*all=*/true);
+  std::vector<std::vector<float>> out(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    out[i].assign(all.begin() + i * vocab, all.begin() + (i + 1) * vocab);
+  }
+  return out;
 }
 
-absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const ForwardOptions& options,
-                           cache::KvCache* cache) {
+absl::Status Runner::Run(absl::Span<const int32_t> tokens, absl::Span<const Sequence> seqs) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const ModelConfig& c = model_.config();
+  Resize(n);
+  positions_.resize(n);
+  for (const Sequence& seq : seqs) {
+    for (int64_t t = 0; t < seq.rows; ++t) {
+      positions_[seq.row0 + t] = seq.first_position + static_cast<int32_t>(t);
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) model_.Embed(tokens[t], x_.data() + t * c.hidden);
+  for (int l = 0; l < c.n_layers; ++l) KVWIRE_RETURN_IF_ERROR(Layer(l, n, seqs));
+  return absl::OkStatus();
+}
+
+void Runner::Attend(int layer, const Sequence& seq) {
+  const ModelConfig& c = model_.config();
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  for (int h = 0; h < c.n_kv_heads; ++h) {
+    cache::HeadSegment& seg = seq.cache->layers[layer].heads[h];
+    for (int64_t t = seq.row0; t < seq.row0 + seq.rows; ++t) {
+      const int64_t at = (t * c.n_kv_heads + h) * c.head_dim;
+      seg.Append(seq.first_position + static_cast<int32_t>(t - seq.row0), 0.0f, k_.data() + at,
+                 v_.data() + at, c.head_dim);
+    }
+  }
+  const auto views = HeadViews(seq.cache->layers[layer]);
+  kernels::Attention(AttentionShapeFor(c, seq.rows), q_.data() + seq.row0 * q_dim, views.data(),
+                     attn_.data() + seq.row0 * q_dim, &pool_);
+}
+
+absl::Status Runner::Layer(int l, int64_t n, absl::Span<const Sequence> seqs) {
   const ModelConfig& c = model_.config();
   const LayerWeights& w = model_.layer(l);
   kernels::RmsNorm(x_.data(), w.attn_norm.data(), n, c.hidden, c.rms_eps, xn_.data());
@@ -140,7 +177,7 @@ absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const Forwa
   kernels::Rope(q_.data(), n, c.n_heads, c.head_dim, positions_.data(), c.rope_theta, c.rope_style);
   kernels::Rope(k_.data(), n, c.n_kv_heads, c.head_dim, positions_.data(), c.rope_theta,
                 c.rope_style);
-  Attend(l, n, first_position, cache);
+  for (const Sequence& seq : seqs) Attend(l, seq);
   kernels::MatMul(w.wo, attn_.data(), n, proj_.data(), &pool_);
   kernels::AddInPlace(x_.data(), proj_.data(), n * c.hidden);
   kernels::RmsNorm(x_.data(), w.ffn_norm.data(), n, c.hidden, c.rms_eps, xn_ffn_.data());
@@ -149,13 +186,22 @@ absl::Status Runner::Layer(int l, int64_t n, int32_t first_position, const Forwa
   kernels::SwiGlu(gate_.data(), up_.data(), n * c.ffn_hidden, gate_.data());
   kernels::MatMul(w.w_down, gate_.data(), n, proj_.data(), &pool_);
   kernels::AddInPlace(x_.data(), proj_.data(), n * c.hidden);
-  if (!options.on_layer) return absl::OkStatus();
-  const int64_t window = std::min<int64_t>(options.window, n);
-  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
-  PrefillLayer view{
-      l,         n, first_position, k_.data(), v_.data(), window, q_.data() + (n - window) * q_dim,
-      xn_.data()};
-  return options.on_layer(view);
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim, kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
+  for (const Sequence& seq : seqs) {
+    if (seq.options == nullptr || !seq.options->on_layer) continue;
+    const int64_t window = std::min<int64_t>(seq.options->window, seq.rows);
+    const int64_t end = seq.row0 + seq.rows;
+    const PrefillLayer view{l,
+                            seq.rows,
+                            seq.first_position,
+                            k_.data() + seq.row0 * kv_dim,
+                            v_.data() + seq.row0 * kv_dim,
+                            window,
+                            q_.data() + (end - window) * q_dim,
+                            xn_.data() + seq.row0 * c.hidden};
+    KVWIRE_RETURN_IF_ERROR(seq.options->on_layer(view));
+  }
+  return absl::OkStatus();
 }
 
 std::vector<float> Runner::Logits(int64_t n, bool all) {

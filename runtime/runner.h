@@ -63,6 +63,15 @@ std::vector<kernels::KvHeadView> HeadViews(const cache::LayerCache& layer);
 // The model's attention shape for n_queries queries (scale 1/sqrt(head_dim)).
 kernels::AttentionShape AttentionShapeFor(const ModelConfig& config, int64_t n_queries);
 
+// One sequence's step in a batched decode: `token` at RoPE `position`, appended to `cache`;
+// `options` (may be null) carries that sequence's per-layer hook.
+struct DecodeStep {
+  int32_t token = 0;
+  int32_t position = 0;
+  cache::KvCache* cache = nullptr;
+  const ForwardOptions* options = nullptr;
+};
+
 inline int32_t DecodePosition(const cache::KvCache& cache, int32_t generated) {
   return cache.original_length + generated;
 }
@@ -78,6 +87,11 @@ class Runner {
   // set, sees the step's K/V and (with window >= 1) its query, e.g. for decode-time scoring.
   absl::StatusOr<std::vector<float>> Decode(int32_t token, int32_t position, cache::KvCache* cache,
                                             const ForwardOptions& options = {});
+  // One decode step for several independent sequences at once: the weight products run over all
+  // of them together (each weight row read once per step), attention per sequence over its own
+  // cache. Returns fp32 [vocab] logits per step, in order. Every step is validated first; an
+  // error leaves every cache unchanged.
+  absl::StatusOr<std::vector<std::vector<float>>> DecodeBatch(absl::Span<const DecodeStep> steps);
   // N tokens at positions first_position + t, appended to *cache (which keeps its
   // original_length; callers doing chunked prefill advance it themselves).
   absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> tokens,
@@ -91,9 +105,17 @@ class Runner {
   absl::Status Validate(absl::Span<const int32_t> tokens, int32_t first_position,
                         const cache::KvCache& cache) const;
   void Resize(int64_t n);
-  void Attend(int layer, int64_t n, int32_t first_position, cache::KvCache* cache);
-  absl::Status Layer(int layer, int64_t n, int32_t first_position, const ForwardOptions& options,
-                     cache::KvCache* cache);
+  // Rows [row0, row0 + rows) of the pass belong to one sequence.
+  struct Sequence {
+    cache::KvCache* cache = nullptr;
+    int64_t row0 = 0;
+    int64_t rows = 0;
+    int32_t first_position = 0;
+    const ForwardOptions* options = nullptr;
+  };
+  absl::Status Run(absl::Span<const int32_t> tokens, absl::Span<const Sequence> seqs);
+  void Attend(int layer, const Sequence& seq);
+  absl::Status Layer(int layer, int64_t n, absl::Span<const Sequence> seqs);
   std::vector<float> Logits(int64_t n, bool all);
 
   const Model& model_;

@@ -302,3 +302,52 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace kvwire::runtime
+
+namespace kvwire::runtime {
+namespace {
+
+// Batched decode of n sequences (prompts of different lengths) against one Decode per sequence.
+void ExpectBatchMatchesSingles(const Model& model, int n, float tolerance) {
+  Runner runner(model, 2);
+  std::vector<cache::KvCache> batched(n), single(n);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(runner.Prefill(Prompt(5 + 3 * i), {}, &batched[i]).ok());
+    single[i] = batched[i];
+  }
+  std::vector<DecodeStep> steps;
+  for (int i = 0; i < n; ++i) {
+    steps.push_back({7 + i, DecodePosition(batched[i], 0), &batched[i], nullptr});
+  }
+  auto logits = runner.DecodeBatch(steps);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_EQ(logits->size(), static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    auto one = runner.Decode(7 + i, DecodePosition(single[i], 0), &single[i]);
+    ASSERT_TRUE(one.ok());
+    EXPECT_LE(MaxAbsDiff((*logits)[i], *one), tolerance) << "sequence " << i;
+    EXPECT_EQ(ArgMax((*logits)[i]), ArgMax(*one)) << "sequence " << i;
+    EXPECT_EQ(batched[i].layers[1].heads[0].size(), single[i].layers[1].heads[0].size());
+  }
+}
+
+TEST_F(RunnerFixture, DecodeBatchMatchesOneDecodePerSequence) {
+  ExpectBatchMatchesSingles(*model_, 3, 1e-5f);   // fused dot products, as single steps use
+  ExpectBatchMatchesSingles(*model_, 9, 2e-3f);   // the dequantize + sgemm path
+}
+
+TEST_F(RunnerFixture, DecodeBatchRejectsBadStepsAndChangesNothing) {
+  Runner runner(*model_, 2);
+  cache::KvCache a, b;
+  ASSERT_TRUE(runner.Prefill(Prompt(6), {}, &a).ok());
+  ASSERT_TRUE(runner.Prefill(Prompt(8), {}, &b).ok());
+  const size_t a_size = a.layers[0].heads[0].size();
+  const DecodeStep bad_token[] = {{5, 6, &a, nullptr}, {-1, 8, &b, nullptr}};
+  EXPECT_EQ(runner.DecodeBatch(bad_token).status().code(), absl::StatusCode::kInvalidArgument);
+  const DecodeStep shared[] = {{5, 6, &a, nullptr}, {6, 7, &a, nullptr}};
+  EXPECT_EQ(runner.DecodeBatch(shared).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.layers[0].heads[0].size(), a_size);
+  EXPECT_TRUE(runner.DecodeBatch({}).ok());
+}
+
+}  // namespace
+}  // namespace kvwire::runtime
