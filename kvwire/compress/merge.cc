@@ -123,11 +123,7 @@ cache::HeadSegment BuildHeadSegment(const CompressionSpec& spec, const LayerInpu
   for (size_t g = 0; g < groups.size(); ++g) std::copy_n(moments[g].mean_key.data(), d, &mean_keys[g * d]);
   std::vector<int32_t> query_pos;
   const kernels::QueryBlock all = WindowQueries(in, &query_pos);
-  kernels::QueryBlock window = all;
-  const int64_t rows = std::min<int64_t>(spec.window, all.n_queries);
-  window.q += (all.n_queries - rows) * all.n_heads * all.head_dim;
-  window.positions += all.n_queries - rows;
-  window.n_queries = rows;
+  const kernels::QueryBlock window = LastRows(all, std::min<int64_t>(spec.window, all.n_queries));
   kernels::LogMeanExpScores(window, h, {mean_keys.data(), d, static_cast<int64_t>(groups.size())},
                             l_mean.data());
   for (size_t g = 0; g < groups.size(); ++g) {

@@ -41,9 +41,6 @@ kernels::QueryBlock WindowQueries(const LayerInput& in, std::vector<int32_t>* po
   return {in.queries, in.n_queries, positions->data(), in.n_heads, in.n_kv_heads, in.head_dim, in.scale};
 }
 
-namespace {
-
-// Restricts a query block to its last `rows` queries.
 kernels::QueryBlock LastRows(kernels::QueryBlock qb, int64_t rows) {
   const int64_t skip = qb.n_queries - rows;
   qb.q += skip * qb.n_heads * qb.head_dim;
@@ -51,6 +48,8 @@ kernels::QueryBlock LastRows(kernels::QueryBlock qb, int64_t rows) {
   qb.n_queries = rows;
   return qb;
 }
+
+namespace {
 
 void ScoreHead(const CompressionSpec& spec, const LayerInput& in, int h,
                const kernels::QueryBlock& all_queries, const std::vector<int32_t>& key_pos,

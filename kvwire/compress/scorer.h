@@ -47,6 +47,9 @@ struct HeadScores {
 // The window queries and their positions, as the kernels take them. `positions` must outlive it.
 kernels::QueryBlock WindowQueries(const LayerInput& input, std::vector<int32_t>* positions);
 
+// `qb` restricted to its last `rows` queries (rows <= qb.n_queries).
+kernels::QueryBlock LastRows(kernels::QueryBlock qb, int64_t rows);
+
 absl::StatusOr<std::vector<HeadScores>> ScoreLayer(const CompressionSpec& spec,
                                                    const LayerInput& input,
                                                    kernels::ThreadPool* pool);

@@ -36,6 +36,27 @@ bool ParseDType(absl::string_view text, DType* out) {
   return true;
 }
 
+namespace {
+
+template <uint16_t (*kEncode)(float)>
+void Pack16(const float* in, size_t n, uint8_t* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t v = kEncode(in[i]);
+    std::memcpy(out + 2 * i, &v, 2);
+  }
+}
+
+template <float (*kDecode)(uint16_t)>
+void Unpack16(const uint8_t* in, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, in + 2 * i, 2);
+    out[i] = kDecode(v);
+  }
+}
+
+}  // namespace
+
 void PackFloats(const float* in, size_t n, DType t, uint8_t* out) {
   if (n == 0) return;  // Empty spans may carry null pointers; memcpy must not see them.
   switch (t) {
@@ -43,17 +64,9 @@ void PackFloats(const float* in, size_t n, DType t, uint8_t* out) {
       std::memcpy(out, in, n * 4);
       return;
     case DType::kF16:
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t h = FloatToHalf(in[i]);
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-      return;
+      return Pack16<FloatToHalf>(in, n, out);
     case DType::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t b = FloatToBf16(in[i]);
-        std::memcpy(out + 2 * i, &b, 2);
-      }
-      return;
+      return Pack16<FloatToBf16>(in, n, out);
     case DType::kI8:
       break;
   }
@@ -67,19 +80,9 @@ void UnpackFloats(const uint8_t* in, size_t n, DType t, float* out) {
       std::memcpy(out, in, n * 4);
       return;
     case DType::kF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, in + 2 * i, 2);
-        out[i] = HalfToFloat(h);
-      }
-      return;
+      return Unpack16<HalfToFloat>(in, n, out);
     case DType::kBF16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t b;
-        std::memcpy(&b, in + 2 * i, 2);
-        out[i] = Bf16ToFloat(b);
-      }
-      return;
+      return Unpack16<Bf16ToFloat>(in, n, out);
     case DType::kI8:
       break;
   }
