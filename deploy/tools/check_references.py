@@ -13,7 +13,9 @@ Dockerfiles (deploy/docker/Dockerfile and Dockerfile.cuda):
     put it at) exists, is executable and is inside the build context;
   * every program deploy/docker/entrypoint executes is installed by both images, and the
     entrypoint, run with --bin-dir on PATH, starts each binary (`COMMAND --help`) and rejects an
-    unknown command.
+    unknown command;
+  * the CPU Dockerfile's CMake configure step succeeds on a copy of the build context (the
+    repository minus .dockerignore).
 Manifests (deploy/k8s base and overlays, rendered):
   * a kvwire container's first argument is an entrypoint command and every --flag after it is
     one the program's --help lists;
@@ -29,6 +31,8 @@ import json
 import os
 import queue
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,6 +251,41 @@ def _called_script_problems(where, ins, stage, copies, rules):
             if from_stage is None:
                 problems += _context_path_problems(where, os.path.normpath(src), rules, True)
     return problems
+
+
+# --- the build context configures ------------------------------------------------------------
+
+def copy_context(rules, destination):
+    """Copies the repository minus what .dockerignore excludes (Docker's build context)."""
+    for root, dirs, files in os.walk(REPO):
+        rel_root = os.path.relpath(root, REPO)
+        dirs[:] = [d for d in dirs
+                   if not ignored(rules, os.path.normpath(os.path.join(rel_root, d)))]
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            if not ignored(rules, rel):
+                target = os.path.join(destination, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(os.path.join(REPO, rel), target, follow_symlinks=False)
+
+
+def context_configure_problems(dockerfile, rules):
+    """Runs the Dockerfile's CMake configure step on a copy of the build context, so a file the
+    build needs but .dockerignore leaves out fails here rather than in `docker build`."""
+    stages = parse_dockerfile(os.path.join(REPO, dockerfile))
+    texts = [i.text for s in stages for i in s.instructions if i.keyword == "RUN"]
+    configure = next((t for t in texts if "cmake -S" in t), None)
+    if configure is None:
+        return [f"{dockerfile}: no RUN configures with `cmake -S`"]
+    argv = shlex.split(configure[configure.index("cmake -S"):].split("&&")[0])
+    with tempfile.TemporaryDirectory(prefix="kvwire-context-") as context:
+        copy_context(rules, context)
+        run = subprocess.run(argv, cwd=context, capture_output=True, text=True, timeout=300,
+                             check=False)
+    if run.returncode != 0:
+        return [f"{dockerfile}: `{' '.join(argv)}` fails on the build context: "
+                f"{(run.stdout + run.stderr)[-1500:]}"]
+    return []
 
 
 # --- entrypoint ---------------------------------------------------------------------------------
@@ -534,6 +573,11 @@ def main(argv):
         stages_by_file[dockerfile] = stages
         print(f"{'FAIL' if found else 'ok  '} {dockerfile}: {len(stages)} stages")
     problems += entrypoint_problems(stages_by_file, bin_dir)
+    # The CPU image's configure step only: the CUDA one needs nvcc and NCCL.
+    context = context_configure_problems(DOCKERFILES[0], rules)
+    problems += context
+    if not context:
+        print(f"ok   {DOCKERFILES[0]}: its CMake configure step succeeds on the build context")
     for directory in validate.default_kustomizations():
         name = os.path.relpath(directory, REPO)
         try:
