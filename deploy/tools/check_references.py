@@ -10,7 +10,8 @@ Dockerfiles (deploy/docker/Dockerfile and Dockerfile.cuda):
     (`--target ...`) and exists as an executable in --bin-dir; any other file copied from a stage
     is written by a RUN of that stage;
   * every repository script a RUN, ENTRYPOINT or CMD calls (directly, or through the path a COPY
-    put it at) exists, is executable and is inside the build context;
+    put it at) exists, is executable and is inside the build context, and every kvwire program
+    a RUN runs by name is installed by that stage and exists in --bin-dir;
   * every program deploy/docker/entrypoint executes is installed by both images, and the
     entrypoint, run with --bin-dir on PATH, starts each binary (`COMMAND --help`) and rejects an
     unknown command;
@@ -160,6 +161,8 @@ def ignored(rules, relpath):
 
 SCRIPT_RE = re.compile(r"(?:^|[\s;&|(])((?:scripts|deploy)/[\w./-]+)")
 ABS_PATH_RE = re.compile(r"(?:^|[\s;&|(\"'\[])(/[\w./-]+)")
+# A kvwire program invoked by name: `kvwire-NAME ...`, or the CLI as `kvwire --...`.
+PROGRAM_RE = re.compile(r"(?<![\w/.:-])(kvwire-[a-z][a-z-]*|kvwire(?= --))(?![\w:-])")
 
 
 def _context_path_problems(where, relpath, rules, executable):
@@ -209,7 +212,7 @@ def dockerfile_problems(dockerfile, bin_dir, rules):
             if ins.keyword in ("COPY", "ADD"):
                 problems += _copy_problems(where, ins, by_name, bin_dir, rules)
             if ins.keyword in ("RUN", "ENTRYPOINT", "CMD"):
-                problems += _called_script_problems(where, ins, stage, copies, rules)
+                problems += _called_script_problems(where, ins, stage, copies, rules, bin_dir)
     return problems, stages
 
 
@@ -239,7 +242,7 @@ def _copy_problems(where, ins, by_name, bin_dir, rules):
     return problems
 
 
-def _called_script_problems(where, ins, stage, copies, rules):
+def _called_script_problems(where, ins, stage, copies, rules, bin_dir):
     problems = []
     text = " ".join(json.loads(ins.text)) if ins.text.strip().startswith("[") else ins.text
     # Relative script paths run in the stage that copied the build context to its WORKDIR.
@@ -250,6 +253,15 @@ def _called_script_problems(where, ins, stage, copies, rules):
             copy_ins, src, from_stage = copies[path]
             if from_stage is None:
                 problems += _context_path_problems(where, os.path.normpath(src), rules, True)
+    # kvwire programs run by name (`kvwire-control --help`) must be installed by this stage and
+    # built; `--target` lists name targets, not commands.
+    commands = re.sub(r"--target(?:\s+[\w.+-]+)+", "", text)
+    for name in sorted(set(PROGRAM_RE.findall(commands))):
+        if f"/usr/local/bin/{name}" not in copies:
+            problems.append(f"{where}: runs {name}, which this stage does not install in "
+                            "/usr/local/bin")
+        elif not os.access(os.path.join(bin_dir, name), os.X_OK):
+            problems.append(f"{where}: runs {name}, which is not an executable in {bin_dir}")
     return problems
 
 

@@ -90,6 +90,7 @@ class DockerfileTest(unittest.TestCase):
             FROM debian:12-slim
             COPY --from=build /src/build/bin/kvwire-prefill /src/never-written /usr/local/bin/
             COPY --from=nowhere /x /x
+            RUN kvwire-bench --help
             """)
         expected = ["scripts/no-such-script does not exist",
                     "docs/results is excluded from the build context by .dockerignore",
@@ -97,7 +98,8 @@ class DockerfileTest(unittest.TestCase):
                     "/src/build/bin/kvwire-prefill is not a target the build stage builds",
                     "kvwire-prefill is not an executable in",
                     "no RUN of stage build writes /src/never-written",
-                    "--from=nowhere names no stage"]
+                    "--from=nowhere names no stage",
+                    "runs kvwire-bench, which this stage does not install in /usr/local/bin"]
         for text in expected:
             self.assertTrue(any(text in p for p in problems), f"{text!r} not in {problems}")
 
