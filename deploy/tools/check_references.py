@@ -497,7 +497,7 @@ def _policy_text(obj, pod, container, policy_file, configmaps):
             volume = next(v for v in pod.get("volumes") or [] if v["name"] == mount["name"])
             name = (volume.get("configMap") or {}).get("name")
             key = policy_file[len(mount["mountPath"].rstrip("/")) + 1:]
-            data = configmaps.get((validate._ns(obj), name), {})
+            data = configmaps.get((validate.namespace_of(obj), name), {})
             if key in data:
                 return data[key]
     raise RuntimeError(f"--policy-file {policy_file} is not a key of a mounted ConfigMap")
@@ -505,9 +505,9 @@ def _policy_text(obj, pod, container, policy_file, configmaps):
 
 def fleet_problems(objects, bin_dir, model, render_name):
     """Starts control (and, with a model, decode and prefill) with the manifests' arguments."""
-    configmaps = validate._configmaps(objects)
+    configmaps = validate.configmaps_by_name(objects)
     obj, pod, c = _container(objects, "control")
-    env = _environment(c, configmaps, validate._ns(obj), "kvwire-control-0")
+    env = _environment(c, configmaps, validate.namespace_of(obj), "kvwire-control-0")
     args = [str(a) for a in c["args"]]
     policy_file = next(a.split("=", 1)[1] for a in args if a.startswith("--policy-file="))
     started, problems = [], []
@@ -543,7 +543,7 @@ def _start_nodes(objects, configmaps, bin_dir, model, control_address, started, 
     for command in ("decode", "prefill"):
         obj, _, c = _container(objects, command)
         pod_name = f"kvwire-{command}-0"
-        env = _environment(c, configmaps, validate._ns(obj), pod_name)
+        env = _environment(c, configmaps, validate.namespace_of(obj), pod_name)
         env["KVWIRE_CONTROL"] = control_address
         replacements = {"--listen": "127.0.0.1:0", "--metrics": "127.0.0.1:0",
                         "--advertise": None, "--model": model}

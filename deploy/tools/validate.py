@@ -93,7 +93,7 @@ def schema_problems(obj):
 
 # --- 4. cross-references and policy ------------------------------------------------------------
 
-def _ns(obj):
+def namespace_of(obj):
     return (obj.get("metadata") or {}).get("namespace")
 
 
@@ -123,14 +123,14 @@ def _port_names(pod_spec):
     return names, numbers
 
 
-def _configmaps(objects):
-    return {(_ns(o), (o.get("metadata") or {}).get("name")): o.get("data") or {}
+def configmaps_by_name(objects):
+    return {(namespace_of(o), (o.get("metadata") or {}).get("name")): o.get("data") or {}
             for o in objects if o.get("kind") == "ConfigMap"}
 
 
 def workload_problems(objects):
     problems = []
-    configmaps = _configmaps(objects)
+    configmaps = configmaps_by_name(objects)
     for obj, labels, pod in _pod_templates(objects):
         where = kustomize_lite.object_id(obj)
         selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
@@ -140,7 +140,7 @@ def workload_problems(objects):
         volumes = {v.get("name"): v for v in pod.get("volumes") or []}
         for volume in volumes.values():
             ref = (volume.get("configMap") or {}).get("name")
-            if ref and (_ns(obj), ref) not in configmaps:
+            if ref and (namespace_of(obj), ref) not in configmaps:
                 problems.append(f"{where}: volume {volume['name']} names ConfigMap {ref}, "
                                 "which is not in the manifests")
         for c in _containers(pod):
@@ -159,11 +159,11 @@ def _container_problems(obj, pod, c, volumes, configmaps):
         ref = (source.get("configMapRef") or {}).get("name")
         if ref is None:
             continue
-        if (_ns(obj), ref) not in configmaps:
+        if (namespace_of(obj), ref) not in configmaps:
             problems.append(f"{where}: envFrom names ConfigMap {ref}, which is not in the "
                             "manifests")
         else:
-            defined |= {source.get("prefix", "") + k for k in configmaps[(_ns(obj), ref)]}
+            defined |= {source.get("prefix", "") + k for k in configmaps[(namespace_of(obj), ref)]}
     texts = list(c.get("command") or []) + list(c.get("args") or [])
     texts += [e.get("value", "") for e in c.get("env") or []]
     for text in texts:
@@ -245,7 +245,7 @@ def service_problems(objects):
         where = kustomize_lite.object_id(svc)
         selector = (svc.get("spec") or {}).get("selector") or {}
         pods = [pod for obj, labels, pod in templates
-                if _ns(obj) == _ns(svc) and _labels_match(selector, labels)]
+                if namespace_of(obj) == namespace_of(svc) and _labels_match(selector, labels)]
         if not pods:
             problems.append(f"{where}: selector {selector} matches no pod template")
             continue
@@ -269,12 +269,12 @@ def other_problems(objects):
         kind = obj.get("kind")
         if kind == "PodDisruptionBudget":
             selector = (spec.get("selector") or {}).get("matchLabels") or {}
-            if not any(_ns(o) == _ns(obj) and _labels_match(selector, labels)
+            if not any(namespace_of(o) == namespace_of(obj) and _labels_match(selector, labels)
                        for o, labels, _ in templates):
                 problems.append(f"{where}: selector {selector} matches no pod template")
         elif kind == "HorizontalPodAutoscaler":
             ref = spec.get("scaleTargetRef") or {}
-            if not any(o.get("kind") == ref.get("kind") and _ns(o) == _ns(obj)
+            if not any(o.get("kind") == ref.get("kind") and namespace_of(o) == namespace_of(obj)
                        and o["metadata"].get("name") == ref.get("name") for o in objects):
                 problems.append(f"{where}: scaleTargetRef {ref.get('kind')}/{ref.get('name')} "
                                 "is not in the manifests")
@@ -298,7 +298,7 @@ def _service_monitor_problems(monitor, services):
     selector = (spec.get("selector") or {}).get("matchLabels") or {}
     any_namespace = (spec.get("namespaceSelector") or {}).get("any", False)
     matched = [s for s in services
-               if (any_namespace or _ns(s) == _ns(monitor))
+               if (any_namespace or namespace_of(s) == namespace_of(monitor))
                and _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
     if not matched:
         return [f"{where}: selector {selector} matches no Service"]
