@@ -24,11 +24,15 @@ import os
 import re
 import sys
 
-import jsonschema
-import kubernetes_validate
-import yamllint.config
-import yamllint.linter
-import yaml
+try:
+    import jsonschema
+    import kubernetes_validate
+    import yamllint.config
+    import yamllint.linter
+    import yaml
+except ImportError as missing:
+    sys.exit(f"deploy/validate: the Python environment lacks {missing.name}: run "
+             "scripts/install-deps (it pins kubernetes-validate and yamllint)")
 
 import kustomize_lite
 
