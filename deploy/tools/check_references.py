@@ -20,6 +20,9 @@ Dockerfiles (deploy/docker/Dockerfile and Dockerfile.cuda):
 Manifests (deploy/k8s base and overlays, rendered):
   * a kvwire container's first argument is an entrypoint command and every --flag after it is
     one the program's --help lists;
+  * every --model is the file scripts/fetch-model writes (its file_name) into the init
+    container's KVWIRE_MODEL_DIR, on a volume both containers mount; with a model file, the
+    entrypoint's fetch-model reuses it and prints its path;
   * kvwire-control, started with the manifest's arguments (addresses moved to 127.0.0.1 port 0)
     and the budget policy ConfigMap as its policy file, starts serving: the policy is checked by
     the real parser. With --model (default: $KVWIRE_MODEL) the prefill and decode nodes are
@@ -401,6 +404,61 @@ def manifest_flag_problems(objects, bin_dir, render_name):
     return problems
 
 
+# --- the model path --------------------------------------------------------------------------
+
+def fetch_model_file_name():
+    with open(os.path.join(REPO, "scripts", "fetch-model"), encoding="utf-8") as f:
+        match = re.search(r'^file_name="([^"]+)"', f.read(), re.MULTILINE)
+    if not match:
+        raise RuntimeError("scripts/fetch-model: no file_name=\"...\" line")
+    return match.group(1)
+
+
+def model_path_problems(objects, render_name):
+    """Each pod's --model is the file its fetch-model init container writes, on the volume both
+    containers mount."""
+    file_name = fetch_model_file_name()
+    problems = []
+    for obj in objects:
+        pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        init = next((c for c in pod.get("initContainers") or []
+                     if (c.get("args") or [None])[0] == "fetch-model"), None)
+        for c in pod.get("containers") or []:
+            model = next((str(a).split("=", 1)[1] for a in c.get("args") or []
+                          if str(a).startswith("--model=")), None)
+            if model is None:
+                continue
+            where = f"{render_name}: {kustomize_lite.object_id(obj)} container {c.get('name')}"
+            if init is None:
+                problems.append(f"{where}: --model but no fetch-model init container")
+                continue
+            model_dir = next((e.get("value") for e in init.get("env") or []
+                              if e.get("name") == "KVWIRE_MODEL_DIR"), "/models")
+            if model != f"{model_dir}/{file_name}":
+                problems.append(f"{where}: --model={model}, but fetch-model writes "
+                                f"{model_dir}/{file_name}")
+            volumes = {m.get("mountPath"): m.get("name") for m in init.get("volumeMounts") or []}
+            mounts = {m.get("mountPath"): m.get("name") for m in c.get("volumeMounts") or []}
+            if model_dir not in volumes or mounts.get(model_dir) != volumes[model_dir]:
+                problems.append(f"{where}: {model_dir} is not the same volume in the "
+                                "fetch-model init container and here")
+    return problems
+
+
+def fetch_model_run_problems(model):
+    """The image's `fetch-model` on a folder already holding the verified model: it must reuse
+    the file (no download) and print its path, as the init containers rely on."""
+    env = dict(os.environ, KVWIRE_MODEL_DIR=os.path.dirname(model),
+               KVWIRE_FETCH_MODEL=os.path.join(REPO, "scripts", "fetch-model"))
+    run = subprocess.run([os.path.join(REPO, ENTRYPOINT), "fetch-model"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines or lines[-1] != model:
+        return [f"{ENTRYPOINT} fetch-model with the model present: exit {run.returncode}, "
+                f"printed {lines[-1:]}, expected {model}: {run.stderr.strip()[-300:]}"]
+    return []
+
+
 # --- starting the services with the manifests' arguments ----------------------------------------
 
 def _environment(container, configmaps, namespace, pod_name):
@@ -598,10 +656,13 @@ def main(argv):
             problems.append(f"render {name}: {e}")
             continue
         problems += manifest_flag_problems(objects, bin_dir, name)
+        problems += model_path_problems(objects, name)
     model = args.model if args.model and os.path.isfile(args.model) else ""
     if not model:
         print("note: no model file (--model or $KVWIRE_MODEL): starting kvwire-control only, "
               "not the prefill and decode nodes")
+    elif os.path.basename(model) == fetch_model_file_name():
+        problems += fetch_model_run_problems(model)
     base = kustomize_lite.render(os.path.join(REPO, "deploy", "k8s", "base"))
     fleet = fleet_problems(base, bin_dir, model, "deploy/k8s/base")
     problems += fleet

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Renders the subset of kustomize that deploy/k8s uses, so CI can check the manifests offline.
 
 kubectl and kustomize are not available from Debian's or PyPI's registries in a usable version,
@@ -29,6 +30,7 @@ tests it, and compares it with `kubectl kustomize` where that command exists.
 import copy
 import os
 import re
+import sys
 
 import yaml
 
@@ -321,3 +323,22 @@ def _set_image(objects, image, kustomization):
                 tag = f":{match.group('tag')}" if match.group("tag") else ""
                 digest = f"@{match.group('digest')}" if match.group("digest") else ""
                 container["image"] = f"{name}{tag}{digest}"
+
+
+def main(argv):
+    """`kustomize_lite.py DIR` prints the rendered objects as a YAML stream (for review, or for
+    `kubectl apply -f -` where kustomize is not at hand)."""
+    if len(argv) != 1:
+        print("usage: kustomize_lite.py KUSTOMIZATION_DIR", file=sys.stderr)
+        return 2
+    try:
+        objects = render(argv[0])
+    except RenderError as e:
+        print(f"kustomize_lite: {e}", file=sys.stderr)
+        return 1
+    yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -85,7 +85,7 @@ class DockerfileTest(unittest.TestCase):
             COPY scripts/no-such-script scripts/
             COPY docs/results docs/
             COPY . .
-            RUN deploy/tools/kustomize_lite.py \\
+            RUN deploy/README.md \\
              && cmake --build build --target kvwire-decode
             FROM debian:12-slim
             COPY --from=build /src/build/bin/kvwire-prefill /src/never-written /usr/local/bin/
@@ -94,7 +94,7 @@ class DockerfileTest(unittest.TestCase):
             """)
         expected = ["scripts/no-such-script does not exist",
                     "docs/results is excluded from the build context by .dockerignore",
-                    "deploy/tools/kustomize_lite.py is not an executable file",
+                    "deploy/README.md is not an executable file",
                     "/src/build/bin/kvwire-prefill is not a target the build stage builds",
                     "kvwire-prefill is not an executable in",
                     "no RUN of stage build writes /src/never-written",
@@ -146,6 +146,29 @@ class ManifestFlagsTest(unittest.TestCase):
         self.assertEqual(refs.local_args(args, {"CONTROL": "c:7000"},
                                          {"--listen": "127.0.0.1:0", "--advertise": None}),
                          ["--control=c:7000", "--listen=127.0.0.1:0", "--keep=$$(LITERAL)"])
+
+
+class ModelPathTest(unittest.TestCase):
+    def deployment(self, model, mount="/models"):
+        init = {"name": "fetch-model", "image": "kvwire", "args": ["fetch-model"],
+                "env": [{"name": "KVWIRE_MODEL_DIR", "value": "/models"}],
+                "volumeMounts": [{"name": "model", "mountPath": "/models"}]}
+        main = {"name": "decode", "image": "kvwire", "args": ["decode", f"--model={model}"],
+                "volumeMounts": [{"name": "model", "mountPath": mount}]}
+        return [{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                 "spec": {"template": {"spec": {"initContainers": [init],
+                                                "containers": [main]}}}}]
+
+    def test_the_fetched_file_on_the_shared_volume_passes(self):
+        model = "/models/" + refs.fetch_model_file_name()
+        self.assertEqual(refs.model_path_problems(self.deployment(model), "t"), [])
+
+    def test_another_file_or_volume_is_reported(self):
+        problems = refs.model_path_problems(self.deployment("/models/other.gguf"), "t")
+        self.assertTrue(any("but fetch-model writes /models/" in p for p in problems), problems)
+        model = "/models/" + refs.fetch_model_file_name()
+        problems = refs.model_path_problems(self.deployment(model, mount="/data"), "t")
+        self.assertTrue(any("is not the same volume" in p for p in problems), problems)
 
 
 class EntrypointTest(unittest.TestCase):
