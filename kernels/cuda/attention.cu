@@ -40,19 +40,9 @@ struct Params {
   float scale;
 };
 
-__device__ __forceinline__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float Dot4(float4 a, float4 b) {
-  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-}
+using internal::Dot4;
+using internal::WarpMax;
+using internal::WarpSum;
 
 __device__ __forceinline__ void Fma4(float w, float4 v, float4& acc) {
   acc.x += w * v.x;
@@ -259,16 +249,14 @@ absl::Status Attention(Context& ctx, const AttentionShape& s, const float* q, co
   if (p.slices > 1) {
     const int64_t rows = s.n_queries * s.n_heads;
     const size_t out_floats = static_cast<size_t>(rows) * p.slices * s.head_dim;
-    KVWIRE_ASSIGN_OR_RETURN(void* scratch,
-                            ctx.Scratch(out_floats * sizeof(float) + rows * p.slices * 8));
+    KVWIRE_ASSIGN_OR_RETURN(
+        void* scratch,
+        ctx.Scratch(out_floats * sizeof(float) + rows * p.slices * 8, internal::kSlotAttention));
     p.part_out = static_cast<float*>(scratch);
     p.part_ml = reinterpret_cast<float2*>(p.part_out + out_floats);
   }
   const size_t smem = SharedBytes(s.head_dim);
-  if (smem > 48 * 1024) {
-    KVWIRE_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        DecodeSliceKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  }
+  KVWIRE_RETURN_IF_ERROR(internal::AllowSharedMemory(DecodeSliceKernel, smem));
   const dim3 grid(p.slices, s.n_kv_heads, static_cast<unsigned>(z_blocks));
   DecodeSliceKernel<<<grid, kThreads, smem, ctx.stream()>>>(table, p);
   KVWIRE_RETURN_IF_ERROR(ctx.CheckLaunch("DecodeSliceKernel"));

@@ -136,8 +136,9 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(int device) {
 }
 
 Context::~Context() {
-  if (scratch_ != nullptr) {
-    if (absl::Status s = FromCuda(cudaFree(scratch_), "cudaFree(scratch)"); !s.ok()) {
+  for (void* scratch : scratch_) {
+    if (scratch == nullptr) continue;
+    if (absl::Status s = FromCuda(cudaFree(scratch), "cudaFree(scratch)"); !s.ok()) {
       KVWIRE_LOG(WARNING) << s;
     }
   }
@@ -161,19 +162,22 @@ absl::Status Context::CheckLaunch(absl::string_view kernel) const {
   return FromCuda(cudaGetLastError(), absl::StrCat("launch of ", kernel));
 }
 
-absl::StatusOr<void*> Context::Scratch(size_t bytes) {
-  if (bytes <= scratch_bytes_) return scratch_;
-  if (scratch_ != nullptr) {
-    KVWIRE_CUDA_RETURN_IF_ERROR(cudaFree(scratch_));
-    scratch_ = nullptr;
-    scratch_bytes_ = 0;
+absl::StatusOr<void*> Context::Scratch(size_t bytes, int slot) {
+  if (slot < 0 || slot >= kScratchSlots) {
+    return absl::InvalidArgumentError(absl::StrCat("scratch slot ", slot, " out of range"));
+  }
+  if (bytes <= scratch_bytes_[slot]) return scratch_[slot];
+  if (scratch_[slot] != nullptr) {
+    KVWIRE_CUDA_RETURN_IF_ERROR(cudaFree(scratch_[slot]));
+    scratch_[slot] = nullptr;
+    scratch_bytes_[slot] = 0;
   }
   // Grow geometrically so a slowly rising size does not reallocate every call.
-  const size_t want = std::max(bytes, bytes + bytes / 2);
-  KVWIRE_RETURN_IF_ERROR(
-      FromCuda(cudaMalloc(&scratch_, want), absl::StrCat("cudaMalloc(", want, " bytes scratch)")));
-  scratch_bytes_ = want;
-  return scratch_;
+  const size_t want = std::max<size_t>(256, bytes + bytes / 2);
+  KVWIRE_RETURN_IF_ERROR(FromCuda(cudaMalloc(&scratch_[slot], want),
+                                  absl::StrCat("cudaMalloc(", want, " bytes scratch)")));
+  scratch_bytes_[slot] = want;
+  return scratch_[slot];
 }
 
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {

@@ -71,18 +71,20 @@ class Context {
   absl::Status Synchronize(absl::Duration timeout = absl::Seconds(60));
   // Status of the last kernel launch, naming `kernel` (cudaGetLastError).
   absl::Status CheckLaunch(absl::string_view kernel) const;
-  // Device scratch of at least `bytes`, valid until the next Scratch call on this context. Work
-  // enqueued before a growth still sees the old memory: growing frees it only after the device
-  // finished with it (cudaFree synchronises).
-  absl::StatusOr<void*> Scratch(size_t bytes);
+  // Device scratch of at least `bytes` in one of kScratchSlots independent slots, valid until the
+  // next Scratch call for the same slot. Functions that call each other use different slots
+  // (documented where they are defined). Work enqueued before a growth still sees the old memory:
+  // growing frees it only after the device finished with it (cudaFree synchronises).
+  static constexpr int kScratchSlots = 4;
+  absl::StatusOr<void*> Scratch(size_t bytes, int slot = 0);
 
  private:
   Context() = default;
   DeviceProperties props_;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
-  void* scratch_ = nullptr;
-  size_t scratch_bytes_ = 0;
+  void* scratch_[kScratchSlots] = {};
+  size_t scratch_bytes_[kScratchSlots] = {};
 };
 
 // Move-only owner of one device allocation.

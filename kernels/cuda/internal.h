@@ -3,7 +3,7 @@
 #ifndef KVWIRE_KERNELS_CUDA_INTERNAL_H_
 #define KVWIRE_KERNELS_CUDA_INTERNAL_H_
 
-#include <cuda_runtime_api.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -26,6 +26,57 @@ inline unsigned GridFor(int64_t n, int threads, const Context& ctx) {
   const int64_t cap = int64_t{ctx.properties().sm_count} * 8;
   return static_cast<unsigned>(needed < 1 ? 1 : (needed < cap ? needed : cap));
 }
+
+// Lets `kernel` use `bytes` of dynamic shared memory (beyond the default 48 KiB needs an opt-in).
+template <typename Kernel>
+absl::Status AllowSharedMemory(Kernel* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return absl::OkStatus();
+  return FromCuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)),
+                  "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+}
+
+// Scratch slots, so that functions calling each other never share one.
+inline constexpr int kSlotAttention = 0;
+inline constexpr int kSlotRowStats = 0;
+inline constexpr int kSlotSelect = 0;
+inline constexpr int kSlotWindowScores = 1;
+inline constexpr int kSlotCosine = 2;
+inline constexpr int kSlotMerge = 3;
+
+#if defined(__CUDACC__)
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ double WarpSumDouble(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float Dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `shared` holds 32 doubles. Contains __syncthreads: call from every thread.
+__device__ inline double BlockSumDouble(double v, double* shared) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = WarpSumDouble(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  double total = 0;
+  for (int w = 0; w < warps; ++w) total += shared[w];
+  return total;
+}
+#endif  // __CUDACC__
 
 }  // namespace kvwire::kernels::cuda::internal
 
