@@ -3,6 +3,7 @@
 #ifndef KVWIRE_KERNELS_CUDA_INTERNAL_H_
 #define KVWIRE_KERNELS_CUDA_INTERNAL_H_
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -43,8 +44,22 @@ inline constexpr int kSlotSelect = 0;
 inline constexpr int kSlotWindowScores = 1;
 inline constexpr int kSlotCosine = 2;
 inline constexpr int kSlotMerge = 3;
+inline constexpr int kSlotMatMul = 1;
 
 #if defined(__CUDACC__)
+// kvwire::FloatToHalf: round to nearest even, overflow to infinity, NaN -> quiet NaN 0x7E00.
+__device__ __forceinline__ uint16_t ToHalfBits(float f) {
+  if (isnan(f)) return static_cast<uint16_t>(((__float_as_uint(f) >> 16) & 0x8000) | 0x7E00);
+  return __half_as_ushort(__float2half_rn(f));
+}
+
+// kvwire::FloatToBf16: round to nearest even on the bits; NaN keeps its payload, made quiet.
+__device__ __forceinline__ uint16_t ToBf16Bits(float f) {
+  const uint32_t x = __float_as_uint(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
+  return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1)) >> 16);
+}
+
 __device__ __forceinline__ float WarpMax(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

@@ -1,5 +1,4 @@
 // Layer payloads assembled on the device. See pack.h.
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -34,22 +33,9 @@ __device__ __forceinline__ void StoreU32(uint8_t* p, uint32_t v) {
   }
 }
 
-// kvwire::FloatToHalf: round to nearest even, overflow to infinity, NaN -> quiet NaN 0x7E00.
-__device__ __forceinline__ uint16_t ToHalfBits(float f) {
-  if (isnan(f)) return static_cast<uint16_t>(((__float_as_uint(f) >> 16) & 0x8000) | 0x7E00);
-  return __half_as_ushort(__float2half_rn(f));
-}
-
-// kvwire::FloatToBf16: round to nearest even on the bits; NaN keeps its payload, made quiet.
-__device__ __forceinline__ uint16_t ToBf16Bits(float f) {
-  const uint32_t x = __float_as_uint(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
-  return static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1)) >> 16);
-}
-
 // format's StoredScale: the fp16-rounded max/127, as a float.
 __device__ __forceinline__ float StoredScale(float max_abs) {
-  return __half2float(__ushort_as_half(ToHalfBits(max_abs / 127.0f)));
+  return __half2float(__ushort_as_half(internal::ToHalfBits(max_abs / 127.0f)));
 }
 
 __device__ __forceinline__ int8_t Quantize(float x, float scale) {
@@ -63,10 +49,10 @@ __device__ __forceinline__ void StoreFloat(uint8_t* dst, int64_t i, float v, DTy
       StoreU32(dst + 4 * i, __float_as_uint(v));
       break;
     case DType::kF16:
-      StoreU16(dst + 2 * i, ToHalfBits(v));
+      StoreU16(dst + 2 * i, internal::ToHalfBits(v));
       break;
     default:
-      StoreU16(dst + 2 * i, ToBf16Bits(v));
+      StoreU16(dst + 2 * i, internal::ToBf16Bits(v));
       break;
   }
 }
@@ -113,7 +99,7 @@ __global__ void I8KeysKernel(const float* keys, int64_t q, int d, int group, uin
     float m = 0.0f;
     for (int64_t i = i0; i < i1; ++i) m = fmaxf(m, fabsf(keys[i * d + c]));
     const float scale = StoredScale(m);
-    StoreU16(scale_dst + 2 * t, ToHalfBits(scale));
+    StoreU16(scale_dst + 2 * t, internal::ToHalfBits(scale));
     for (int64_t i = i0; i < i1; ++i) {
       qdst[i * d + c] = static_cast<uint8_t>(Quantize(keys[i * d + c], scale));
     }
@@ -130,7 +116,7 @@ __global__ void I8ValuesKernel(const float* values, int64_t q, int d, uint8_t* q
   float m = 0.0f;
   for (int c = lane; c < d; c += 32) m = fmaxf(m, fabsf(row[c]));
   const float scale = StoredScale(internal::WarpMax(m));
-  if (lane == 0) StoreU16(scale_dst + 2 * i, ToHalfBits(scale));
+  if (lane == 0) StoreU16(scale_dst + 2 * i, internal::ToHalfBits(scale));
   for (int c = lane; c < d; c += 32)
     qdst[i * d + c] = static_cast<uint8_t>(Quantize(row[c], scale));
 }
