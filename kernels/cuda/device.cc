@@ -241,6 +241,19 @@ absl::Status CopyDeviceToDevice(Context& ctx, void* dst, const void* src, size_t
                   "cudaMemcpyAsync(device to device)");
 }
 
+absl::Status ZeroDevice(Context& ctx, void* dst, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return FromCuda(cudaMemsetAsync(dst, 0, bytes, ctx.stream()), "cudaMemsetAsync");
+}
+
+absl::Status CopyRows(Context& ctx, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                      size_t width, size_t rows) {
+  if (width == 0 || rows == 0) return absl::OkStatus();
+  return FromCuda(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
+                                    cudaMemcpyDeviceToDevice, ctx.stream()),
+                  "cudaMemcpy2DAsync(device to device)");
+}
+
 absl::StatusOr<StreamTimer> StreamTimer::Create(Context& ctx) {
   cudaEvent_t start = nullptr, stop = nullptr;
   KVWIRE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));

@@ -139,6 +139,12 @@ absl::StatusOr<std::vector<T>> ToHost(Context& ctx, const DeviceBuffer& buf, siz
 
 // Device-to-device copy on ctx's stream (cudaMemcpyAsync).
 absl::Status CopyDeviceToDevice(Context& ctx, void* dst, const void* src, size_t bytes);
+// Sets `bytes` bytes at dst (device) to zero on ctx's stream.
+absl::Status ZeroDevice(Context& ctx, void* dst, size_t bytes);
+// `rows` rows of `width` bytes, device to device, between pitched layouts (cudaMemcpy2DAsync),
+// e.g. one head's rows out of an interleaved [rows][heads][dim] array.
+absl::Status CopyRows(Context& ctx, void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                      size_t width, size_t rows);
 
 // Measures stream time between Start and Stop with CUDA events.
 class StreamTimer {

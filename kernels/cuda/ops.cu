@@ -87,6 +87,13 @@ __global__ void AddKernel(float* y, const float* x, int64_t n) {
   }
 }
 
+__global__ void RowBiasKernel(float* y, const float* bias, int64_t n, int64_t width) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] += bias[i % width];
+  }
+}
+
 absl::Status CheckSizes(const char* what, int64_t a, int64_t b) {
   if (a < 0 || b < 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": negative size ", a, " x ", b));
@@ -138,6 +145,15 @@ absl::Status AddInPlace(Context& ctx, float* y, const float* x, int64_t n) {
   if (n == 0) return absl::OkStatus();
   AddKernel<<<internal::GridFor(n, kThreads, ctx), kThreads, 0, ctx.stream()>>>(y, x, n);
   return ctx.CheckLaunch("AddKernel");
+}
+
+absl::Status AddRowBias(Context& ctx, float* y, const float* bias, int64_t n_rows, int64_t width) {
+  KVWIRE_RETURN_IF_ERROR(CheckSizes("AddRowBias", n_rows, width));
+  const int64_t n = n_rows * width;
+  if (n == 0) return absl::OkStatus();
+  RowBiasKernel<<<internal::GridFor(n, kThreads, ctx), kThreads, 0, ctx.stream()>>>(y, bias, n,
+                                                                                    width);
+  return ctx.CheckLaunch("RowBiasKernel");
 }
 
 }  // namespace kvwire::kernels::cuda

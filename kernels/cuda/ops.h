@@ -22,6 +22,8 @@ absl::Status Rope(Context& ctx, float* x, int64_t n_tokens, int n_heads, int hea
 absl::Status Softmax(Context& ctx, float* x, int64_t n);
 absl::Status SwiGlu(Context& ctx, const float* gate, const float* up, int64_t n, float* out);
 absl::Status AddInPlace(Context& ctx, float* y, const float* x, int64_t n);
+// y[r][i] += bias[i] for rows r of y fp32 [n_rows][width] (projection biases).
+absl::Status AddRowBias(Context& ctx, float* y, const float* bias, int64_t n_rows, int64_t width);
 
 }  // namespace kvwire::kernels::cuda
 
