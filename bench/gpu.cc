@@ -70,7 +70,9 @@ struct BandwidthRow {
 struct AttentionRow {
   std::string model;
   int64_t cache = 0;
-  double bytes = 0, biased_ms = NAN, unbiased_ms = NAN, sdpa_ms = NAN;
+  double bytes = 0, biased_ms = NAN, unbiased_ms = NAN;
+  double sdpa_ms = NAN, sdpa_bf16_ms = NAN;  // torch SDPA, unbiased, fp32 / bf16 K,V
+  std::string sdpa_mode;                     // how torch ran GQA
 };
 
 std::string Num(double v) { return std::isfinite(v) ? absl::StrFormat("%.6g", v) : "null"; }
@@ -311,12 +313,15 @@ std::string RunPeer(const GpuOptions& o, const std::vector<int64_t>& caches,
   std::ifstream in(tsv);
   std::string line;
   while (std::getline(in, line)) {
+    // model, cache, dtype, ms, GQA mode
     const std::vector<std::string> f = absl::StrSplit(line, '\t');
     int64_t cache = 0;
     double ms = 0;
-    if (f.size() != 3 || !absl::SimpleAtoi(f[1], &cache) || !absl::SimpleAtod(f[2], &ms)) continue;
+    if (f.size() < 5 || !absl::SimpleAtoi(f[1], &cache) || !absl::SimpleAtod(f[3], &ms)) continue;
     for (AttentionRow& r : *rows) {
-      if (r.model == f[0] && r.cache == cache) r.sdpa_ms = ms;
+      if (r.model != f[0] || r.cache != cache) continue;
+      (f[2] == "float32" ? r.sdpa_ms : r.sdpa_bf16_ms) = ms;
+      r.sdpa_mode = f[4];
     }
   }
   return "";
@@ -331,7 +336,9 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
       << dev.minor << "\", \"sm_count\": " << dev.sm_count << ", \"repeats\": " << o.repeats
       << ",\n  \"note\": \"bandwidths count bytes read + written; fraction = kernel bandwidth / "
          "cudaMemcpyAsync device-to-device bandwidth measured in the same run; attention times "
-         "are one decode step over all layers (median ms)\",\n  \"copy_gbps\": "
+         "are one decode step over all layers (median ms); sdpa_ms is torch SDPA on fp32 K/V like "
+         "ours "
+         "(the comparison), sdpa_bf16_ms on bf16 K/V for information\",\n  \"copy_gbps\": "
       << Num(copy_gbps) << ",\n  \"kernels\": [";
   for (size_t i = 0; i < bw.size(); ++i) {
     const double gbps = bw[i].bytes / bw[i].ms / 1e6;
