@@ -5,18 +5,25 @@
 //   compression: --budget 0.2 [--method defensive/uniform/merge]: the prompt's cache is compressed
 //                layer by layer during prefill, then decoded with vote-biased attention
 //   sampling: --temperature T --top-p P --seed S (default greedy)
+//   --gpu: decode on the CUDA device (CUDA builds): the prompt's cache, compressed or not, is
+//          installed on the device once and every decode step runs there
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <memory>
 
 #include "kvwire/base/status.h"
 #include "kvwire/compress/decode_compactor.h"
+#include "kvwire/config.h"
 #include "prefill_node/compressing_prefill.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
 #include "runtime/tokenizer_gguf.h"
 #include "runtime/tools/token_ids.h"
+#if KVWIRE_HAVE_CUDA
+#include "runtime/gpu_runner.h"
+#endif
 
 namespace kvwire::runtime {
 namespace {
@@ -28,6 +35,7 @@ struct RunFlags {
   int threads = 2;
   float budget = 1.0f;
   int64_t decode_budget = 0;  // max KV entries per head during decode; 0 = unbounded
+  bool gpu = false;           // decode on the CUDA device
   std::string method = compress::kDefaultMethod;
   SamplingOptions sampling;
 };
@@ -50,8 +58,7 @@ absl::StatusOr<std::vector<float>> RunPrefill(const RunFlags& f, Runner& runner,
                                               absl::Span<const int32_t> prompt,
                                               cache::KvCache* cache) {
   if (f.budget >= 1.0f) return runner.Prefill(prompt, {}, cache);
-  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec,
-                          compress::CompressionSpec::Parse(f.method));
+  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec, compress::CompressionSpec::Parse(f.method));
   KVWIRE_ASSIGN_OR_RETURN(const compress::Compressor compressor,
                           compress::Compressor::Create(spec, f.budget));
   prefill::CompressingPrefill pipeline(&runner);
@@ -85,6 +92,24 @@ absl::Status Generate(const RunFlags& f) {
       return compactor.OnStep(pl.layer, pl.window_queries, &cache.layers[pl.layer]);
     };
   }
+  // With --gpu every decode step runs on the device over the installed cache.
+  std::function<absl::StatusOr<std::vector<float>>(int32_t, int32_t)> decode =
+      [&](int32_t token, int32_t position) {
+        return runner.Decode(token, position, &cache, decode_options);
+      };
+#if KVWIRE_HAVE_CUDA
+  std::unique_ptr<GpuRunner> gpu;
+  if (f.gpu) {
+    if (f.decode_budget > 0) {
+      return absl::InvalidArgumentError("--decode-budget merges on the CPU; not with --gpu");
+    }
+    KVWIRE_ASSIGN_OR_RETURN(gpu, GpuRunner::Create(*model, {}));
+    KVWIRE_RETURN_IF_ERROR(gpu->Install(cache));
+    decode = [&](int32_t token, int32_t position) { return gpu->Decode(token, position); };
+  }
+#else
+  if (f.gpu) return absl::FailedPreconditionError("--gpu: this build has no CUDA");
+#endif
   const double prefill_s = Since(start);
   start = std::chrono::steady_clock::now();
   int generated = 0;
@@ -95,8 +120,7 @@ absl::Status Generate(const RunFlags& f) {
     KVWIRE_ASSIGN_OR_RETURN(const std::string piece, text.Push(next));
     std::cout << piece << std::flush;
     if (generated == f.max_tokens) break;
-    KVWIRE_ASSIGN_OR_RETURN(
-        logits, runner.Decode(next, DecodePosition(cache, generated - 1), &cache, decode_options));
+    KVWIRE_ASSIGN_OR_RETURN(logits, decode(next, DecodePosition(cache, generated - 1)));
   }
   std::cout << text.Finish() << "\n";
   const double decode_s = Since(start);
@@ -126,6 +150,7 @@ int main(int argc, char** argv) {
   app.add_option("--method", f.method, "compression spec, e.g. snapkv/adaptive/merge");
   app.add_option("--decode-budget", f.decode_budget,
                  "max KV entries per head while decoding (continuous merging); 0 = unbounded");
+  app.add_flag("--gpu", f.gpu, "decode on the CUDA device (CUDA builds)");
   app.add_option("--temperature", f.sampling.temperature, "0 = greedy");
   app.add_option("--top-p", f.sampling.top_p, "nucleus mass");
   app.add_option("--seed", f.sampling.seed, "sampling seed");
