@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Plots a `kvwire-bench e2e --json` file. Usage: plot_e2e.py RESULTS.json OUT.png
+"""Plots `kvwire-bench e2e --json` files. Usage: plot_e2e.py RESULTS.json OUT.png [MORE.json ...]
+
+Several files (runs of different topologies) are plotted together; a (topology, mode) measured
+in a later file replaces the same one from an earlier file.
 
 Writes three figures: OUT.png (median TTFT split into its parts, per budget, at the longest
 prompt of each mode and topology), OUT_speedup.png (TTFT speed-up over budget 1 against prompt
@@ -118,9 +121,23 @@ def concurrency(data, out):
     fig.savefig(out, dpi=110)
 
 
-def main(path, out):
-    with open(path) as f:
-        data = json.load(f)
+def load(paths):
+    data = None
+    for path in paths:
+        with open(path) as f:
+            more = json.load(f)
+        if data is None:
+            data = more
+            continue
+        for key in ("summary", "concurrency", "blocks"):
+            newer = {(r["topology"], r["mode"]) for r in more[key]}
+            data[key] = [r for r in data[key] if (r["topology"], r["mode"]) not in newer]
+            data[key] += more[key]
+    return data
+
+
+def main(path, out, more):
+    data = load([path] + more)
     stem = out[:-4] if out.endswith(".png") else out
     breakdown(data, out)
     speedup(data, f"{stem}_speedup.png")
@@ -128,6 +145,6 @@ def main(path, out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

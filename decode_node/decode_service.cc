@@ -178,6 +178,8 @@ absl::StatusOr<kvwire::v1::Grant> DecodeServiceImpl::DoReserve(
   grant.set_max_bytes(max_bytes);
   grant.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.lease)));
   grant.set_decode_node_id(options_.node_id);
+  grant.set_model_fingerprint(absl::StrFormat("%016x", fingerprint_));
+  grant.set_kv_shape(control::DescribeKv(kv_shape_, options_.synthetic_kv.has_value()));
   KVWIRE_LOG(DEBUG) << "reserve " << info.request_id << ": slot " << info.slot_id << ", "
                     << max_bytes << " bytes";
   return grant;

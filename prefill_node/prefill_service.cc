@@ -121,6 +121,13 @@ absl::Status PrefillServiceImpl::Validate(const kvwire::v1::PrefillRequest& requ
     return absl::InvalidArgumentError(
         absl::StrCat("grant is for request ", grant.request_id(), ", not ", request.request_id()));
   }
+  if (!grant.model_fingerprint().empty() &&
+      grant.model_fingerprint() != absl::StrFormat("%016x", fingerprint_)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the granted decode node takes KV ", grant.kv_shape(), " (model ",
+                     grant.model_fingerprint(), "), this node streams ",
+                     control::DescribeKv(kv_shape_, options_.synthetic_kv.has_value())));
+  }
   if (grant.transport() != kvwire::v1::TRANSPORT_KIND_UNSPECIFIED &&
       grant.transport() != options_.transport_kind) {
     return absl::FailedPreconditionError(absl::StrCat(

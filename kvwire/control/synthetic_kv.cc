@@ -53,4 +53,9 @@ uint64_t SyntheticFingerprint(const SyntheticKv& kv, int vocab_size) {
   return hash == 0 ? 1 : hash;
 }
 
+std::string DescribeKv(const cache::CacheShape& shape, bool synthetic) {
+  return absl::StrCat(shape.n_layers, "x", shape.n_kv_heads, "x", shape.head_dim,
+                      synthetic ? " synthetic" : "");
+}
+
 }  // namespace kvwire::control

@@ -40,6 +40,9 @@ absl::StatusOr<SyntheticKv> ParseSyntheticKv(absl::string_view spec);
 // control::ModelFingerprint of the same shape.
 uint64_t SyntheticFingerprint(const SyntheticKv& kv, int vocab_size);
 
+// "LAYERSxKVHEADSxDIM", with " synthetic" appended for synthetic KV: for error messages.
+std::string DescribeKv(const cache::CacheShape& shape, bool synthetic);
+
 }  // namespace kvwire::control
 
 #endif  // KVWIRE_CONTROL_SYNTHETIC_KV_H_
