@@ -104,6 +104,8 @@ RequestRecord RecordFromProto(const v1::RequestStats& s) {
   r.compress_ms = s.compress_ms();
   r.transfer_ms = s.transfer_ms();
   r.install_ms = s.install_ms();
+  r.pack_ms = s.pack_ms();
+  r.queue_ms = s.queue_ms();
   r.ttft_ms = s.ttft_ms();
   r.decode_tokens_per_s = s.decode_tokens_per_s();
   r.prefill_node_id = s.prefill_node_id();
@@ -126,6 +128,8 @@ v1::RequestStats RecordToProto(const RequestRecord& r) {
   s.set_compress_ms(r.compress_ms);
   s.set_transfer_ms(r.transfer_ms);
   s.set_install_ms(r.install_ms);
+  s.set_pack_ms(r.pack_ms);
+  s.set_queue_ms(r.queue_ms);
   s.set_ttft_ms(r.ttft_ms);
   s.set_decode_tokens_per_s(r.decode_tokens_per_s);
   s.set_prefill_node_id(r.prefill_node_id);

@@ -31,6 +31,8 @@ struct RequestRecord {
   double compress_ms = 0;
   double transfer_ms = 0;
   double install_ms = 0;
+  double pack_ms = 0;
+  double queue_ms = 0;
   double ttft_ms = 0;
   double decode_tokens_per_s = 0;
   std::string prefill_node_id;

@@ -3,6 +3,7 @@
 //
 //   kvwire-decode --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                 [--transport ucx|loopback] [--capacity N] [--tls-cert F --tls-key F]
+//                 [--synthetic-kv LxHxD[xQ]]
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "decode_node/decode_service.h"
@@ -18,6 +19,7 @@ struct DecodeFlags {
   grpc_util::NodeFlags node;
   uint32_t capacity = 8;
   uint32_t lease_ms = 10000;
+  std::string synthetic_kv;
 };
 
 absl::Status Serve(const DecodeFlags& f) {
@@ -32,6 +34,10 @@ absl::Status Serve(const DecodeFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
+  if (!f.synthetic_kv.empty()) {
+    KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
+    if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
+  }
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
@@ -58,6 +64,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4096));
   app.add_option("--lease-ms", f.lease_ms, "a grant lapses if its stream has not started by then")
       ->check(CLI::Range(1, 600000));
+  app.add_option("--synthetic-kv", f.synthetic_kv,
+                 "benchmarks: accept pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
+                 "and answer with a fixed text instead of generating (prefill node likewise)");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-decode", f.node,
                                        [&] { return kvwire::decode::Serve(f); });

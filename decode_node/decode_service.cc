@@ -48,8 +48,13 @@ DecodeServiceImpl::DecodeServiceImpl(const runtime::Model& model,
       tokenizer_(tokenizer),
       transport_(transport),
       options_(std::move(options)),
-      fingerprint_(control::ModelFingerprint(model.config().cache_shape(), model.config().n_heads,
-                                             model.config().vocab_size)),
+      kv_shape_(options_.synthetic_kv ? options_.synthetic_kv->shape
+                                      : model.config().cache_shape()),
+      fingerprint_(
+          options_.synthetic_kv
+              ? control::SyntheticFingerprint(*options_.synthetic_kv, model.config().vocab_size)
+              : control::ModelFingerprint(kv_shape_, model.config().n_heads,
+                                          model.config().vocab_size)),
       grants_(control::GrantTableOptions{.capacity = options_.capacity}),
       scheduler_(model, options_.threads) {
   auto counter = [&](absl::string_view name, absl::string_view help) {
@@ -151,7 +156,7 @@ absl::StatusOr<kvwire::v1::Grant> DecodeServiceImpl::DoReserve(
         "model fingerprint ", request.model_fingerprint(), " is not this node's ", own));
   }
   const uint64_t estimate = control::EstimateWireBytes(
-      config.cache_shape(), request.prompt_tokens(), request.kept_fraction(), format::DType::kF16);
+      kv_shape_, request.prompt_tokens(), request.kept_fraction(), format::DType::kF16);
   const uint64_t max_bytes =
       std::min(std::max<uint64_t>(estimate, request.max_wire_bytes()), options_.max_slot_bytes);
   KVWIRE_ASSIGN_OR_RETURN(control::GrantInfo info,
@@ -173,12 +178,22 @@ absl::StatusOr<kvwire::v1::Grant> DecodeServiceImpl::DoReserve(
   grant.set_max_bytes(max_bytes);
   grant.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.lease)));
   grant.set_decode_node_id(options_.node_id);
+  grant.set_model_fingerprint(absl::StrFormat("%016x", fingerprint_));
+  grant.set_kv_shape(control::DescribeKv(kv_shape_, options_.synthetic_kv.has_value()));
   KVWIRE_LOG(DEBUG) << "reserve " << info.request_id << ": slot " << info.slot_id << ", "
                     << max_bytes << " bytes";
   return grant;
 }
 
 absl::Status DecodeServiceImpl::CheckManifest(const format::Manifest& manifest) const {
+  const cache::CacheShape shape{static_cast<int>(manifest.n_layers), manifest.n_kv_heads,
+                                manifest.head_dim};
+  if (shape != kv_shape_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "stream carries KV of %dx%dx%d (layers x KV heads x dim), this node takes %dx%dx%d%s",
+        shape.n_layers, shape.n_kv_heads, shape.head_dim, kv_shape_.n_layers, kv_shape_.n_kv_heads,
+        kv_shape_.head_dim, options_.synthetic_kv ? " (--synthetic-kv)" : ""));
+  }
   if (manifest.model_fingerprint != fingerprint_) {
     return absl::FailedPreconditionError(
         absl::StrFormat("stream is for model %016x, this node serves %016x",
@@ -325,7 +340,9 @@ absl::Status DecodeServiceImpl::Stream(grpc::ServerContext* context,
   } else {
     KVWIRE_RETURN_IF_ERROR(emit(first));
   }
-  if (finish != "stop" && max_tokens > 1) {
+  if (options_.synthetic_kv && finish != "stop") {
+    KVWIRE_RETURN_IF_ERROR(EmitFixedAnswer(max_tokens, emit, &finish));
+  } else if (finish != "stop" && max_tokens > 1) {
     job.cache = std::move(cache);
     job.first_token = first;
     job.max_tokens = static_cast<int>(max_tokens);
@@ -371,6 +388,19 @@ absl::Status DecodeServiceImpl::Stream(grpc::ServerContext* context,
   writer->Write(final_response);
   KVWIRE_LOG(DEBUG) << "decode " << request.request_id() << ": " << emitted << " tokens, "
                     << finish;
+  return absl::OkStatus();
+}
+
+absl::Status DecodeServiceImpl::EmitFixedAnswer(uint32_t max_tokens,
+                                                const std::function<absl::Status(int32_t)>& emit,
+                                                std::string* finish) const {
+  const std::vector<int32_t> answer = tokenizer_.Encode(" [synthetic KV cache installed]");
+  uint32_t emitted = 1;  // the prefill node's token
+  for (int32_t token : answer) {
+    if (emitted++ >= max_tokens) return absl::OkStatus();  // finish stays "length"
+    KVWIRE_RETURN_IF_ERROR(emit(token));
+  }
+  *finish = "stop";
   return absl::OkStatus();
 }
 

@@ -17,7 +17,9 @@
 #ifndef KVWIRE_DECODE_NODE_DECODE_SERVICE_H_
 #define KVWIRE_DECODE_NODE_DECODE_SERVICE_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -28,6 +30,7 @@
 #include "kvwire/control/grant_table.h"
 #include "kvwire/control/kv_stream.h"
 #include "kvwire/control/metrics.h"
+#include "kvwire/control/synthetic_kv.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 #include "runtime/model.h"
@@ -48,6 +51,9 @@ struct DecodeNodeOptions {
   uint64_t max_slot_bytes = uint64_t{4} << 30;
   uint32_t max_tokens_limit = 4096;
   int threads = 2;
+  // Benchmarks: accept synthetic KV of this shape and answer with a fixed text instead of
+  // generating (kvwire/control/synthetic_kv.h).
+  std::optional<control::SyntheticKv> synthetic_kv;
 };
 
 class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {
@@ -92,6 +98,10 @@ class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {
                       cache::KvCache cache, Slot& slot,
                       grpc::ServerWriter<kvwire::v1::DecodeResponse>* writer);
   void ReceiveInto(std::shared_ptr<Slot> slot);
+  // Synthetic KV: streams the fixed answer's tokens (at most max_tokens in all) through `emit`.
+  absl::Status EmitFixedAnswer(uint32_t max_tokens,
+                               const std::function<absl::Status(int32_t)>& emit,
+                               std::string* finish) const;
   absl::Status SetDecodeBudget(float fraction, const Slot& slot, GenerationRequest* job) const;
   absl::Status CheckManifest(const format::Manifest& manifest) const;
   // Frees the slot: cancels its receive if still running, joins its thread, drops the grant.
@@ -103,6 +113,7 @@ class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {
   const runtime::Tokenizer& tokenizer_;
   transport::Transport* transport_;
   const DecodeNodeOptions options_;
+  const cache::CacheShape kv_shape_;  // the model's, or the synthetic one
   const uint64_t fingerprint_;
   Metrics metrics_;
   control::GrantTable grants_;

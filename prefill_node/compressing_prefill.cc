@@ -86,7 +86,10 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
     KVWIRE_ASSIGN_OR_RETURN(cache::LayerCache layer, compressor.CompressLayer(in, runner_->pool(), &stats));
     result.compress_seconds += SecondsSince(start);
     result.kept_entries += stats.kept;
-    return sink(pl.layer, std::move(layer), stats);
+    const auto sink_start = Clock::now();
+    absl::Status sunk = sink(pl.layer, std::move(layer), stats);
+    result.sink_seconds += SecondsSince(sink_start);
+    return sunk;
   };
   runtime::ForwardOptions options;
   options.window = static_cast<int>(compressor.QueryRows(L));
@@ -94,7 +97,7 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
   cache::KvCache full;
   const auto start = Clock::now();
   KVWIRE_ASSIGN_OR_RETURN(result.last_logits, runner_->Prefill(prompt, options, &full));
-  result.prefill_seconds = SecondsSince(start) - result.compress_seconds;
+  result.prefill_seconds = SecondsSince(start) - result.compress_seconds - result.sink_seconds;
   if (streaming) return result;
 
   const auto global_start = Clock::now();

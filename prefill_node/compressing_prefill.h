@@ -32,8 +32,9 @@ using LayerSink = std::function<absl::Status(int layer, cache::LayerCache layer_
 struct PrefillResult {
   std::vector<float> last_logits;  // fp32 [vocab], logits after the last prompt token
   int32_t original_length = 0;     // prompt length L
-  double prefill_seconds = 0;      // model compute, compression excluded
+  double prefill_seconds = 0;      // model compute, compression and sink excluded
   double compress_seconds = 0;     // score + allocate + select + merge, all layers
+  double sink_seconds = 0;         // inside the sink (e.g. blocked on the network)
   int64_t kept_entries = 0;        // over all layers and KV heads
 };
 

@@ -3,6 +3,7 @@
 //
 //   kvwire-prefill --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                  [--transport ucx|loopback] [--workers N] [--queue N] [--tls-cert F --tls-key F]
+//                  [--synthetic-kv LxHxD[xQ]]
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
@@ -18,6 +19,7 @@ struct PrefillFlags {
   int workers = 1;
   int queue = 16;
   int drain_seconds = 30;
+  std::string synthetic_kv;
 };
 
 absl::Status Serve(const PrefillFlags& f) {
@@ -31,6 +33,10 @@ absl::Status Serve(const PrefillFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
+  if (!f.synthetic_kv.empty()) {
+    KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
+    if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
+  }
   auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));
@@ -58,6 +64,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000));
   app.add_option("--drain-seconds", f.drain_seconds, "graceful-shutdown budget")
       ->check(CLI::Range(0, 3600));
+  app.add_option("--synthetic-kv", f.synthetic_kv,
+                 "benchmarks: stream pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
+                 "instead of running the model (decode node needs the same flag)");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-prefill", f.node,
                                        [&] { return kvwire::prefill::Serve(f); });

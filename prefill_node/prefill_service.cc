@@ -11,6 +11,7 @@
 #include "kvwire/control/kv_budget.h"
 #include "kvwire/control/kv_stream.h"
 #include "prefill_node/compressing_prefill.h"
+#include "prefill_node/synthetic_prefill.h"
 #include "proto/grpc_util.h"
 #include "runtime/sampling.h"
 
@@ -50,8 +51,14 @@ PrefillServiceImpl::PrefillServiceImpl(const runtime::Model& model, transport::T
     : model_(model),
       transport_(transport),
       options_(std::move(options)),
-      fingerprint_(control::ModelFingerprint(model.config().cache_shape(), model.config().n_heads,
-                                             model.config().vocab_size)) {
+      kv_shape_(options_.synthetic_kv ? options_.synthetic_kv->shape
+                                      : model.config().cache_shape()),
+      n_query_heads_(options_.synthetic_kv ? options_.synthetic_kv->n_query_heads
+                                           : model.config().n_heads),
+      fingerprint_(
+          options_.synthetic_kv
+              ? control::SyntheticFingerprint(*options_.synthetic_kv, model.config().vocab_size)
+              : control::ModelFingerprint(kv_shape_, n_query_heads_, model.config().vocab_size)) {
   const auto ms_buckets = control::ExponentialBuckets(0.25, 2, 18);
   metrics_ = Metrics{
       metrics->CounterOrDetached("kvwire_prefill_requests_total", "Prefill calls."),
@@ -113,6 +120,13 @@ absl::Status PrefillServiceImpl::Validate(const kvwire::v1::PrefillRequest& requ
   if (grant.request_id() != request.request_id()) {
     return absl::InvalidArgumentError(
         absl::StrCat("grant is for request ", grant.request_id(), ", not ", request.request_id()));
+  }
+  if (!grant.model_fingerprint().empty() &&
+      grant.model_fingerprint() != absl::StrFormat("%016x", fingerprint_)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the granted decode node takes KV ", grant.kv_shape(), " (model ",
+                     grant.model_fingerprint(), "), this node streams ",
+                     control::DescribeKv(kv_shape_, options_.synthetic_kv.has_value())));
   }
   if (grant.transport() != kvwire::v1::TRANSPORT_KIND_UNSPECIFIED &&
       grant.transport() != options_.transport_kind) {
@@ -182,17 +196,19 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::DoPrefill(
   if (shutting_down_.load()) return absl::UnavailableError("prefill node is shutting down");
   KVWIRE_RETURN_IF_ERROR(Validate(request));
   const Deadline deadline = CallDeadline(*context, options_.default_deadline);
+  const absl::Time queued = absl::Now();
   KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Runner> runner, AcquireRunner(deadline));
+  const absl::Duration queue_time = absl::Now() - queued;
   absl::StatusOr<kvwire::v1::PrefillResponse> result =
       RunAndStream(context, request, runner.get(), deadline);
   ReturnRunner(std::move(runner));
+  if (result.ok()) result->mutable_stats()->set_queue_ms(absl::ToDoubleMilliseconds(queue_time));
   return result;
 }
 
 absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
     grpc::ServerContext* context, const kvwire::v1::PrefillRequest& request,
     runtime::Runner* runner, Deadline deadline) {
-  const auto& config = model_.config();
   const std::string method = request.compression().method().empty()
                                  ? options_.default_method
                                  : request.compression().method();
@@ -213,41 +229,49 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
 
   control::KvStreamSender sender(
       connection.get(), request.request_id(), token,
-      control::StreamManifest(config.cache_shape(), config.n_heads, fingerprint_,
+      control::StreamManifest(kv_shape_, n_query_heads_, fingerprint_,
                               static_cast<uint32_t>(prompt.size()), request.kept_fraction(),
                               kv_dtype, spec.ToString()),
       {.send_timeout = std::min(options_.send_timeout, deadline.Remaining())});
   KVWIRE_RETURN_IF_ERROR(sender.Start());
   const absl::Time start = absl::Now();
-  CompressingPrefill prefill(runner);
   auto sink = [&](int layer, cache::LayerCache layer_cache,
                   const compress::LayerStats&) -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("prefill call cancelled");
     KVWIRE_RETURN_IF_ERROR(deadline.Check("prefill"));
     return sender.SendLayer(static_cast<uint32_t>(layer), layer_cache);
   };
-  absl::StatusOr<PrefillResult> result = prefill.Run(prompt, compressor, sink);
+  absl::StatusOr<PrefillResult> result =
+      options_.synthetic_kv
+          ? RunSyntheticPrefill(*options_.synthetic_kv, prompt, compressor, runner->pool(), sink)
+          : CompressingPrefill(runner).Run(prompt, compressor, sink);
   if (!result.ok()) {
     sender.Abort(result.status());
     return result.status();
   }
+  // The sink packs each layer into a frame, then waits only when too many frames are in flight.
+  const double pack_seconds =
+      result->sink_seconds - absl::ToDoubleSeconds(sender.stats().wait_time);
   KVWIRE_RETURN_IF_ERROR(sender.Commit());
   const absl::Duration total = absl::Now() - start;
 
   kvwire::v1::PrefillResponse response;
-  response.set_first_token_id(static_cast<uint32_t>(runtime::ArgMax(result->last_logits)));
+  // Synthetic KV has no logits: the last prompt token stands in for the sampled one.
+  response.set_first_token_id(static_cast<uint32_t>(
+      options_.synthetic_kv ? prompt.back() : runtime::ArgMax(result->last_logits)));
   kvwire::v1::RequestStats& stats = *response.mutable_stats();
   stats.set_request_id(request.request_id());
   stats.set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
   stats.set_budget_kept_fraction(request.kept_fraction());
   stats.set_method(spec.ToString());
   // K and V, every layer and KV head, fp16: what an uncompressed transfer would carry.
-  stats.set_raw_kv_bytes(uint64_t{prompt.size()} * config.n_layers * config.n_kv_heads *
-                         config.head_dim * 2 * 2);
+  stats.set_raw_kv_bytes(uint64_t{prompt.size()} * kv_shape_.n_layers * kv_shape_.n_kv_heads *
+                         kv_shape_.head_dim * 2 * 2);
   stats.set_wire_bytes(sender.stats().wire_bytes);
   stats.set_kept_entries(static_cast<uint64_t>(result->kept_entries));
   stats.set_prefill_ms(result->prefill_seconds * 1e3);
   stats.set_compress_ms(result->compress_seconds * 1e3);
+  stats.set_pack_ms(pack_seconds * 1e3);
   stats.set_transfer_ms(absl::ToDoubleMilliseconds(sender.stats().wait_time));
   stats.set_prefill_node_id(options_.node_id);
   stats.set_decode_node_id(request.grant().decode_node_id());

@@ -22,12 +22,14 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "kvwire/compress/spec.h"
 #include "kvwire/control/metrics.h"
+#include "kvwire/control/synthetic_kv.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
 #include "runtime/model.h"
@@ -46,6 +48,9 @@ struct PrefillNodeOptions {
   absl::Duration send_timeout = absl::Seconds(30);       // per frame
   absl::Duration default_deadline = absl::Seconds(120);  // when the caller set none
   std::string default_method = compress::kDefaultMethod;
+  // Benchmarks: stream synthetic KV of this shape instead of running the model
+  // (synthetic_prefill.h).
+  std::optional<control::SyntheticKv> synthetic_kv;
 };
 
 class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
@@ -86,6 +91,8 @@ class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
   const runtime::Model& model_;
   transport::Transport* transport_;
   const PrefillNodeOptions options_;
+  const cache::CacheShape kv_shape_;  // the model's, or the synthetic one
+  const int n_query_heads_;
   const uint64_t fingerprint_;
   Metrics metrics_;
   std::atomic<bool> shutting_down_{false};
