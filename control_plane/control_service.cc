@@ -1,5 +1,6 @@
 #include "control_plane/control_service.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -179,6 +180,13 @@ absl::StatusOr<ControlService::Reservation> ControlService::Reserve(grpc::Server
   req.set_kept_fraction(plan.budget.kept_fraction);
   req.set_max_new_tokens(plan.input.max_tokens);
   req.set_model_fingerprint(options_.model_fingerprint);
+  // The prefill may queue behind others before it streams: the slot must outlive that wait,
+  // which this plane bounds by its prefill timeout and the client's deadline.
+  absl::Duration wait = options_.prefill_timeout;
+  if (context != nullptr && context->deadline() != std::chrono::system_clock::time_point::max()) {
+    wait = std::min(wait, absl::FromChrono(context->deadline()) - absl::Now());
+  }
+  req.set_lease_ms(static_cast<uint32_t>(std::max<int64_t>(0, absl::ToInt64Milliseconds(wait))));
   NodeExclusions excluded;
   absl::Status last = absl::UnavailableError("no decode node available");
   for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {

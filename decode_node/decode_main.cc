@@ -19,6 +19,7 @@ struct DecodeFlags {
   grpc_util::NodeFlags node;
   uint32_t capacity = 8;
   uint32_t lease_ms = 10000;
+  uint32_t max_lease_ms = 600000;
   std::string synthetic_kv;
 };
 
@@ -31,6 +32,7 @@ absl::Status Serve(const DecodeFlags& f) {
   DecodeNodeOptions options;
   options.capacity = f.capacity;
   options.lease = absl::Milliseconds(f.lease_ms);
+  options.max_lease = absl::Milliseconds(std::max(f.lease_ms, f.max_lease_ms));
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
@@ -64,6 +66,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4096));
   app.add_option("--lease-ms", f.lease_ms, "a grant lapses if its stream has not started by then")
       ->check(CLI::Range(1, 600000));
+  app.add_option("--max-lease-ms", f.max_lease_ms,
+                 "longest lease a Reserve may ask for (a requester whose prefill queues)");
   app.add_option("--synthetic-kv", f.synthetic_kv,
                  "benchmarks: accept pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
                  "and answer with a fixed text instead of generating (prefill node likewise)");

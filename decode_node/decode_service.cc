@@ -29,6 +29,7 @@ Deadline ServerDeadline(const grpc::ServerContext& context, absl::Duration limit
 
 struct DecodeServiceImpl::Slot {
   control::GrantInfo grant;
+  absl::Duration lease;  // the stream must start within it
   absl::Time reserved_at;
   absl::Notification installed;  // the receive ended, successfully or not
   absl::StatusOr<cache::KvCache> cache = absl::UnknownError("not received");
@@ -159,10 +160,13 @@ absl::StatusOr<kvwire::v1::Grant> DecodeServiceImpl::DoReserve(
       kv_shape_, request.prompt_tokens(), request.kept_fraction(), format::DType::kF16);
   const uint64_t max_bytes =
       std::min(std::max<uint64_t>(estimate, request.max_wire_bytes()), options_.max_slot_bytes);
+  const absl::Duration lease = std::max(
+      options_.lease, std::min(absl::Milliseconds(request.lease_ms()), options_.max_lease));
   KVWIRE_ASSIGN_OR_RETURN(control::GrantInfo info,
-                          grants_.Reserve(request.request_id(), max_bytes, options_.lease));
+                          grants_.Reserve(request.request_id(), max_bytes, lease));
   auto slot = std::make_shared<Slot>();
   slot->grant = info;
+  slot->lease = lease;
   slot->reserved_at = absl::Now();
   {
     absl::MutexLock lock(&mu_);
@@ -176,7 +180,7 @@ absl::StatusOr<kvwire::v1::Grant> DecodeServiceImpl::DoReserve(
   grant.set_transport(options_.transport_kind);
   grant.set_data_plane_address(transport_->LocalAddress());
   grant.set_max_bytes(max_bytes);
-  grant.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.lease)));
+  grant.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(lease)));
   grant.set_decode_node_id(options_.node_id);
   grant.set_model_fingerprint(absl::StrFormat("%016x", fingerprint_));
   grant.set_kv_shape(control::DescribeKv(kv_shape_, options_.synthetic_kv.has_value()));
@@ -215,7 +219,7 @@ void DecodeServiceImpl::ReceiveInto(std::shared_ptr<Slot> slot) {
     grants_.FreeFrame(frame.info.request_id, frame.payload.data());
   };
   control::KvStreamReceiver receiver(transport_, id, std::move(options));
-  slot->cache = receiver.Run(Deadline::In(options_.lease + options_.transfer_timeout));
+  slot->cache = receiver.Run(Deadline::In(slot->lease + options_.transfer_timeout));
   (void)grants_.Finish(id);  // NOT_FOUND only when the slot is already being freed
   slot->stats = receiver.stats();
   if (receiver.manifest().has_value()) slot->method = receiver.manifest()->method;
@@ -275,7 +279,7 @@ absl::Status DecodeServiceImpl::DoDecode(grpc::ServerContext* context,
 
 absl::StatusOr<cache::KvCache> DecodeServiceImpl::AwaitInstall(grpc::ServerContext* context,
                                                                Slot& slot) {
-  const Deadline deadline = ServerDeadline(*context, options_.lease + options_.transfer_timeout);
+  const Deadline deadline = ServerDeadline(*context, slot.lease + options_.transfer_timeout);
   while (!slot.installed.WaitForNotificationWithTimeout(kPollInterval)) {
     if (context->IsCancelled()) return absl::CancelledError("client cancelled the decode");
     if (deadline.Expired()) {

@@ -78,11 +78,13 @@ class Client {
         prefill_stub_(v1::PrefillService::NewStub(
             grpc::CreateChannel(prefill.address, grpc::InsecureChannelCredentials()))) {}
 
-  absl::StatusOr<v1::Grant> Reserve(RequestId id, int prompt_tokens, float kept) {
+  absl::StatusOr<v1::Grant> Reserve(RequestId id, int prompt_tokens, float kept,
+                                    uint32_t lease_ms = 0) {
     grpc::ClientContext context;
     SetDeadline(&context, absl::Seconds(10));
     v1::ReserveRequest request;
     request.set_request_id(id);
+    request.set_lease_ms(lease_ms);
     request.set_prompt_tokens(static_cast<uint32_t>(prompt_tokens));
     request.set_kept_fraction(kept);
     v1::Grant grant;
@@ -237,6 +239,20 @@ TEST_F(NodesTest, DecodeBudgetMergesWhileGenerating) {
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_FALSE(decoded->first.empty());
   EXPECT_EQ(decoded->second.kept_entries(), 120u * 3 * 2);
+  ExpectNoLiveGrants();
+}
+
+TEST_F(NodesTest, ReserveLeaseFollowsTheRequesterWithinTheNodesBounds) {
+  // The node runs with --lease-ms 10000 and the default --max-lease-ms 600000.
+  for (const auto& [asked, granted] : std::vector<std::pair<uint32_t, uint32_t>>{
+           {0, 10000}, {1000, 10000}, {30000, 30000}, {1000000000, 600000}}) {
+    auto grant = client_->Reserve(NewRequestId(), 20, 1.0f, asked);
+    ASSERT_TRUE(grant.ok()) << grant.status();
+    EXPECT_EQ(grant->lease_ms(), granted) << "asked for " << asked;
+    bool released = false;
+    ASSERT_TRUE(client_->Release(*grant, &released).ok());
+    EXPECT_TRUE(released);
+  }
   ExpectNoLiveGrants();
 }
 
