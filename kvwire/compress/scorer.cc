@@ -87,7 +87,9 @@ void ScoreHead(const CompressionSpec& spec, const LayerInput& in, int h,
         const float* row = in.external_scores + static_cast<int64_t>(h) * L;
         out.score.assign(row, row + L);
       } else {
-        for (int64_t i = 0; i < L; ++i) out.score[i] = static_cast<float>(i + 1) / static_cast<float>(L);
+        for (int64_t i = 0; i < L; ++i) {
+          out.score[i] = static_cast<float>(i + 1) / static_cast<float>(L);
+        }
       }
       if (merging) {
         stats.log_score = out.log_score.data();

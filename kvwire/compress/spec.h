@@ -49,7 +49,9 @@ struct CompressionSpec {
   // How many trailing prompt positions' queries scoring needs (all of them for h2o).
   int64_t QueryRows(int64_t prompt_length) const;
   // True for the scorers whose scores the caller supplies (recon, gate).
-  bool external_scores() const { return scorer == ScorerKind::kRecon || scorer == ScorerKind::kGate; }
+  bool external_scores() const {
+    return scorer == ScorerKind::kRecon || scorer == ScorerKind::kGate;
+  }
   // INVALID_ARGUMENT for out-of-range parameters.
   absl::Status Validate() const;
 };

@@ -8,35 +8,21 @@
 
 #include "kvwire/compress/compressor.h"
 #include "kvwire/kernels/attention.h"
-#include "runtime/tiny_model.h"
 #include "runtime/tokenizer_gguf.h"
+#include "tests/compress/tiny_runner_fixture.h"
 
 namespace kvwire::compress {
 namespace {
 
-std::unique_ptr<runtime::Model> TinyModel() {
-  runtime::TinyModelOptions o;
-  o.n_heads = 4;
-  o.n_kv_heads = 2;
-  auto bytes = runtime::MakeTinyModel(o);
-  EXPECT_TRUE(bytes.ok()) << bytes.status();
-  auto gguf = runtime::GgufFile::FromBytes(*std::move(bytes));
-  EXPECT_TRUE(gguf.ok()) << gguf.status();
-  auto model = runtime::Model::FromGguf(*std::move(gguf));
-  EXPECT_TRUE(model.ok()) << model.status();
-  return *std::move(model);
-}
-
-std::vector<int32_t> Context(int n) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back(3 + (i * 53 + 7) % 256);
-  return p;
-}
+std::vector<int32_t> Context(int n) { return testing::ByteTokens(n, 53); }
 
 class ReconTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    model_ = TinyModel();
+    runtime::TinyModelOptions o;
+    o.n_heads = 4;
+    o.n_kv_heads = 2;
+    model_ = testing::LoadTinyModel(o);
     ASSERT_NE(model_, nullptr);
     runner_ = std::make_unique<runtime::Runner>(*model_, 1);
   }
