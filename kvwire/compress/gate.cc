@@ -384,4 +384,23 @@ void GateScorer::Score(int layer, const float* x, int64_t n, std::vector<float>*
   GroupScores(s, act_, scores->data(), n);
 }
 
+GateRowBuffer::GateRowBuffer(const GateModel* model, int batch)
+    : scorer_(model), batch_(std::max(1, batch)), rows_(model->shape().n_layers) {}
+
+bool GateRowBuffer::Add(int layer, const float* x) {
+  const int D = scorer_.model().shape().hidden;
+  std::vector<float>& rows = rows_[layer];
+  rows.insert(rows.end(), x, x + D);
+  return pending(layer) >= batch_;
+}
+
+int64_t GateRowBuffer::pending(int layer) const {
+  return static_cast<int64_t>(rows_[layer].size()) / scorer_.model().shape().hidden;
+}
+
+void GateRowBuffer::Flush(int layer, std::vector<float>* scores, kernels::ThreadPool* pool) {
+  scorer_.Score(layer, rows_[layer].data(), pending(layer), scores, pool);
+  rows_[layer].clear();
+}
+
 }  // namespace kvwire::compress

@@ -136,6 +136,25 @@ class GateScorer {
   GateActivations act_;
 };
 
+// Decode-time batching: one token's attention input arrives per layer and step; rows wait per
+// layer until `batch` of them are there and are then scored in one call (weights read once per
+// batch instead of once per token).
+class GateRowBuffer {
+ public:
+  GateRowBuffer(const GateModel* model, int batch);
+  // Appends x fp32 [hidden] of `layer`; true when that layer now holds `batch` rows.
+  bool Add(int layer, const float* x);
+  int64_t pending(int layer) const;
+  // Scores and clears the layer's rows: scores fp32 [n_kv_heads][n], oldest row first.
+  void Flush(int layer, std::vector<float>* scores, kernels::ThreadPool* pool = nullptr);
+  int batch() const { return batch_; }
+
+ private:
+  GateScorer scorer_;
+  int batch_;
+  std::vector<std::vector<float>> rows_;  // per layer fp32 [pending][hidden]
+};
+
 }  // namespace kvwire::compress
 
 #endif  // KVWIRE_COMPRESS_GATE_H_
