@@ -148,6 +148,7 @@ class GateRowBuffer {
   // Scores and clears the layer's rows: scores fp32 [n_kv_heads][n], oldest row first.
   void Flush(int layer, std::vector<float>* scores, kernels::ThreadPool* pool = nullptr);
   int batch() const { return batch_; }
+  int layers() const { return static_cast<int>(rows_.size()); }
 
  private:
   GateScorer scorer_;

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kvwire/compress/decode_compactor.h"
 #include "kvwire/compress/gate_train.h"
 #include "runtime/gguf.h"
 #include "runtime/model.h"
@@ -288,6 +289,70 @@ TEST(GateTraining, SameSeedSameWeights) {
     bytes = m.Serialize();
   }
   EXPECT_EQ(runs[0], runs[1]);
+}
+
+// --- Decode-time gates ---------------------------------------------------------------------------
+
+// Generated entries are thinned to the kept fraction by gate score; prompt entries are untouched.
+// The expected survivors come from replaying the rule on the scores alone (a merge keeps the
+// target's position, so which positions survive depends only on the victims).
+TEST(DecodeCompactorGates, KeepsTheHighestGatedGeneratedEntriesAtTheRatio) {
+  GateShape s;
+  s.n_layers = 1;
+  s.hidden = 16;
+  s.n_heads = 2;
+  s.n_kv_heads = 1;
+  s.rank = 4;
+  s.n_sinks = 3;
+  const GateModel gates = TrainedLooking(s, 50);
+  CompressionSpec spec;
+  spec.sinks = 2;
+  spec.window = 4;  // gate batches of 4 rows
+  const float kept = 0.5f;
+  DecodeCompactor compactor(spec, s.n_heads, /*max_entries=*/1000);
+  compactor.UseGates(&gates, kept);
+  constexpr int d = 8, kPrompt = 10, kSteps = 41;
+  std::mt19937 rng(51);
+  std::normal_distribution<float> normal;
+  cache::LayerCache layer;
+  layer.heads.resize(1);
+  std::vector<float> k(d), v(d), q(s.n_heads * d);
+  auto append = [&](int pos) {
+    for (int c = 0; c < d; ++c) k[c] = normal(rng), v[c] = normal(rng);
+    layer.heads[0].Append(pos, 0.0f, k.data(), v.data(), d);
+  };
+  for (int p = 0; p < kPrompt; ++p) append(p);
+  const std::vector<float> rows = RandomRows(kSteps, s.hidden, 52);
+  GateScorer scorer(&gates);
+  std::vector<float> score;
+  scorer.Score(0, rows.data(), kSteps, &score);
+  std::vector<int> alive;  // generated step indices still in the cache (replayed rule)
+  for (int t = 0; t < kSteps; ++t) {
+    append(kPrompt + t);
+    for (float& x : q) x = normal(rng);
+    ASSERT_TRUE(compactor.OnStep(0, q.data(), &layer, rows.data() + t * s.hidden).ok());
+    alive.push_back(t);
+    if ((t + 1) % spec.window != 0) continue;
+    const int64_t left = t + 1 - spec.window;
+    const auto allowed = static_cast<size_t>(std::ceil(kept * std::max<int64_t>(left, 0)));
+    while (left > 0 && alive.size() - spec.window > allowed) {
+      auto lowest = alive.begin();
+      for (auto it = alive.begin(); it != alive.end() - spec.window; ++it) {
+        if (score[*it] < score[*lowest]) lowest = it;
+      }
+      alive.erase(lowest);
+    }
+  }
+  std::vector<int32_t> want;
+  for (int p = 0; p < kPrompt; ++p) want.push_back(p);
+  for (int t : alive) want.push_back(kPrompt + t);
+  EXPECT_EQ(layer.heads[0].positions, want);
+  EXPECT_GT(compactor.gate_merges(), 10);
+  EXPECT_EQ(compactor.gate_merges(), compactor.merges());
+  for (float lv : layer.heads[0].log_votes) EXPECT_TRUE(std::isfinite(lv));
+  // Gates need the step's attention input.
+  append(kPrompt + kSteps);
+  EXPECT_EQ(compactor.OnStep(0, q.data(), &layer).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // --- Gate file ---------------------------------------------------------------------------------
