@@ -26,10 +26,9 @@ absl::Status Serve(const PrefillFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
   compress::GateModel gates;
   if (!f.gates.empty()) {
-    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::Load(f.gates));
     const runtime::ModelConfig& c = model->config();
-    KVWIRE_RETURN_IF_ERROR(
-        Annotate(gates.CheckModel(c.n_layers, c.hidden, c.n_heads, c.n_kv_heads), f.gates));
+    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::LoadFor(f.gates, c.n_layers, c.hidden,
+                                                                c.n_heads, c.n_kv_heads));
   }
   KVWIRE_ASSIGN_OR_RETURN(auto transport, grpc_util::MakeNodeTransport(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto credentials, grpc_util::LoadServerCredentials(f.node.tls));

@@ -3,7 +3,7 @@
 //
 //   kvwire-train-gates --model M.gguf --out gates.bin [--corpus FILE] [--seed N] [--tokens N]
 //                      [--val-tokens N] [--chunk N] [--epochs N] [--lr X] [--batch N]
-//                      [--json FILE] [--overhead-runs N]
+//                      [--json FILE] [--overhead-runs N] [--rank 16] [--sinks 16]
 //   kvwire-train-gates --model M.gguf --measure-only gates.bin [--overhead-runs N]
 //
 // The frozen model reads corpus chunks (an open user turn of the chat template followed by
@@ -47,6 +47,8 @@ struct Flags {
   int64_t chunk = 1024;       // text tokens per chunk
   int threads = 2;
   int overhead_runs = 5;
+  int rank = GateShape().rank;
+  int sinks = GateShape().n_sinks;
   GateTrainOptions train;
 };
 
@@ -233,22 +235,25 @@ void PrintOverhead(const Overhead& o, int runs) {
       100 * (o.decode_gated / o.decode_plain - 1), o.decode_gated, o.decode_plain);
 }
 
-absl::StatusOr<GateShape> ModelShape(const runtime::Model& model) {
+absl::StatusOr<GateShape> ModelShape(const Flags& f, const runtime::Model& model) {
   const runtime::ModelConfig& c = model.config();
   GateShape shape;
   shape.n_layers = c.n_layers;
   shape.hidden = c.hidden;
   shape.n_heads = c.n_heads;
   shape.n_kv_heads = c.n_kv_heads;
+  shape.rank = f.rank;
+  shape.n_sinks = f.sinks;
   KVWIRE_RETURN_IF_ERROR(shape.Validate());
   return shape;
 }
 
 // --measure-only: the overhead of existing gates on the first held-out chunk, no training.
 absl::Status MeasureOnly(const Flags& f, const runtime::Model& model, runtime::Runner& runner) {
-  KVWIRE_ASSIGN_OR_RETURN(const GateModel gates, GateModel::Load(f.measure_only));
   const runtime::ModelConfig& c = model.config();
-  KVWIRE_RETURN_IF_ERROR(gates.CheckModel(c.n_layers, c.hidden, c.n_heads, c.n_kv_heads));
+  KVWIRE_ASSIGN_OR_RETURN(
+      const GateModel gates,
+      GateModel::LoadFor(f.measure_only, c.n_layers, c.hidden, c.n_heads, c.n_kv_heads));
   KVWIRE_ASSIGN_OR_RETURN(const Plan plan, MakePlan(f, model));
   KVWIRE_ASSIGN_OR_RETURN(const Overhead o,
                           MeasureOverhead(runner, gates, plan.val.front(), f.overhead_runs));
@@ -261,7 +266,7 @@ absl::Status Run(const Flags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.model));
   runtime::Runner runner(*model, f.threads);
   if (!f.measure_only.empty()) return MeasureOnly(f, *model, runner);
-  KVWIRE_ASSIGN_OR_RETURN(const GateShape shape, ModelShape(*model));
+  KVWIRE_ASSIGN_OR_RETURN(const GateShape shape, ModelShape(f, *model));
   KVWIRE_ASSIGN_OR_RETURN(GateModel gates, GateModel::Init(shape, f.seed));
   KVWIRE_ASSIGN_OR_RETURN(const Plan plan, MakePlan(f, *model));
   KVWIRE_ASSIGN_OR_RETURN(const Data data, Collect(plan, runner, *model, shape));
@@ -305,6 +310,8 @@ int main(int argc, char** argv) {
   app.add_option("--lr", f.train.lr, "SGD learning rate")->check(CLI::Range(1e-6, 100.0));
   app.add_option("--momentum", f.train.momentum, "SGD momentum")->check(CLI::Range(0.0, 0.999));
   app.add_option("--batch", f.train.batch, "tokens per SGD step")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--rank", f.rank, "gate query/key width d'")->check(CLI::Range(1, 256));
+  app.add_option("--sinks", f.sinks, "learned sink keys per KV head")->check(CLI::Range(1, 256));
   app.add_option("--threads", f.threads, "CPU threads")->check(CLI::Range(1, 256));
   app.add_option("--json", f.json, "write the results as JSON");
   app.add_option("--overhead-runs", f.overhead_runs, "repetitions of the overhead measurement")

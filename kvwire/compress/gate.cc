@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/status.h"
+#include "kvwire/kernels/ops.h"
 
 namespace kvwire::compress {
 namespace {
@@ -72,18 +73,18 @@ void TokenForward(const GateShape& s, const GateLayer& w, int64_t t, GateActivat
     for (int i = 0; i < r; ++i) self += q[i] * k[i];
     self = self * scale + w.bias[h];
     float* p = a->sink_prob.data() + (t * H + h) * S;
-    float m = -INFINITY;
+    int arg = 0;
     for (int j = 0; j < S; ++j) {
       const float* sk = w.sinks.data() + (static_cast<int64_t>(g) * S + j) * r;
       float z = 0;
       for (int i = 0; i < r; ++i) z += q[i] * sk[i];
       p[j] = z * scale;
-      m = std::max(m, p[j]);
+      if (p[j] > p[arg]) arg = j;
     }
-    float sum = 0;
-    for (int j = 0; j < S; ++j) sum += (p[j] = std::exp(p[j] - m));
-    for (int j = 0; j < S; ++j) p[j] /= sum;
-    const float lse = m + std::log(sum);
+    const float m = p[arg];
+    kernels::Softmax(p, S);  // vectorised exp
+    // logsumexp of the sink logits from the largest one's probability (>= 1/S, so log is safe).
+    const float lse = m - std::log(p[arg]);
     a->gate[t * H + h] = 1.0f / (1.0f + std::exp(lse - self));
   }
 }
@@ -343,6 +344,13 @@ absl::StatusOr<GateModel> GateModel::Load(const std::string& path) {
   if (in.bad()) return absl::InternalError(absl::StrCat("cannot read gate file ", path));
   absl::StatusOr<GateModel> m = Parse(bytes.str());
   if (!m.ok()) return Annotate(m.status(), path);
+  return m;
+}
+
+absl::StatusOr<GateModel> GateModel::LoadFor(const std::string& path, int n_layers, int hidden,
+                                             int n_heads, int n_kv_heads) {
+  KVWIRE_ASSIGN_OR_RETURN(GateModel m, Load(path));
+  KVWIRE_RETURN_IF_ERROR(Annotate(m.CheckModel(n_layers, hidden, n_heads, n_kv_heads), path));
   return m;
 }
 

@@ -105,6 +105,9 @@ class GateModel {
   static absl::StatusOr<GateModel> Init(const GateShape& shape, uint32_t seed);
   static absl::StatusOr<GateModel> Parse(absl::string_view bytes);
   static absl::StatusOr<GateModel> Load(const std::string& path);
+  // Load, then CheckModel against the model's shape; errors name the path.
+  static absl::StatusOr<GateModel> LoadFor(const std::string& path, int n_layers, int hidden,
+                                           int n_heads, int n_kv_heads);
 
   std::string Serialize() const;
   // Writes a temporary file next to `path`, fsyncs and renames it into place.

@@ -417,6 +417,10 @@ TEST(GateFile, SavesAtomicallyAndLoads) {
   absl::StatusOr<GateModel> back = GateModel::Load(path);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->Serialize(), m.Serialize());
+  EXPECT_TRUE(GateModel::LoadFor(path, 2, 12, 4, 2).ok());
+  absl::Status other = GateModel::LoadFor(path, 2, 12, 6, 2).status();
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(other.message()).find(path), std::string::npos) << other;
   ::unlink(path.c_str());
   EXPECT_EQ(GateModel::Load(path).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(m.Save("/nonexistent-dir/gates.bin").code(), absl::StatusCode::kInternal);
