@@ -200,10 +200,12 @@ std::string ReportJson(const Flags& f, const std::vector<LayerReport>& r, double
   return absl::StrFormat(
       "{\n  \"corpus\": \"%s\", \"seed\": %d, \"train_tokens\": %d, \"val_tokens\": %d, "
       "\"chunk\": %d, \"epochs\": %d,\n  \"record_seconds\": %.1f, \"train_seconds\": %.1f,\n"
-      "  \"prefill_overhead\": %.4f, \"decode_overhead\": %.4f, \"overhead_prompt_tokens\": %d,\n"
+      "  \"prefill_overhead\": %.4f, \"decode_overhead\": %.4f, \"prefill_gate_share\": %.4f, "
+      "\"decode_gate_share\": %.4f, \"overhead_prompt_tokens\": %d,\n"
       "  \"layers\": [%s\n  ]\n}\n",
       f.corpus, f.seed, f.tokens, f.val_tokens, f.chunk, f.train.epochs, record_s, train_s,
-      o.prefill_gated / o.prefill_plain - 1, o.decode_gated / o.decode_plain - 1, o.prompt_tokens,
+      o.prefill_gated / o.prefill_plain - 1, o.decode_gated / o.decode_plain - 1,
+      o.prefill_scoring / o.prefill_plain, o.decode_scoring / o.decode_plain, o.prompt_tokens,
       layers);
 }
 
@@ -228,11 +230,15 @@ void PrintAgreement(const std::vector<LayerReport>& r) {
 
 void PrintOverhead(const Overhead& o, int runs) {
   std::printf(
-      "gate scoring overhead (medians of %d, side by side): prefill of %lld tokens %+.2f %% "
-      "(%.3f s vs %.3f s), decode of %lld tokens %+.2f %% (%.3f s vs %.3f s)\n",
+      "gate scoring overhead (medians of %d, side by side), prefill of %lld tokens: gated run "
+      "%+.2f %% (%.3f s vs %.3f s), time inside the gate %.2f %% of the plain forward\n",
       runs, static_cast<long long>(o.prompt_tokens), 100 * (o.prefill_gated / o.prefill_plain - 1),
-      o.prefill_gated, o.prefill_plain, static_cast<long long>(o.decode_tokens),
-      100 * (o.decode_gated / o.decode_plain - 1), o.decode_gated, o.decode_plain);
+      o.prefill_gated, o.prefill_plain, 100 * o.prefill_scoring / o.prefill_plain);
+  std::printf(
+      "gate scoring overhead, decode of %lld tokens: gated run %+.2f %% (%.3f s vs %.3f s), time "
+      "inside the gate %.2f %% of the plain forward\n",
+      static_cast<long long>(o.decode_tokens), 100 * (o.decode_gated / o.decode_plain - 1),
+      o.decode_gated, o.decode_plain, 100 * o.decode_scoring / o.decode_plain);
 }
 
 absl::StatusOr<GateShape> ModelShape(const Flags& f, const runtime::Model& model) {

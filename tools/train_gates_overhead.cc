@@ -24,26 +24,35 @@ double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-absl::StatusOr<double> TimePrefill(runtime::Runner& runner, const GateModel* gates,
+struct Timing {
+  double total = 0, scoring = 0;
+};
+
+absl::StatusOr<Timing> TimePrefill(runtime::Runner& runner, const GateModel* gates,
                                    absl::Span<const int32_t> prompt) {
+  Timing timing;
   GateScorer scorer(gates);
   std::vector<float> scores;
   runtime::ForwardOptions options;
   if (gates != nullptr) {
     options.on_layer = [&](const runtime::PrefillLayer& pl) {
+      const auto t = Clock::now();
       scorer.Score(pl.layer, pl.attn_input, pl.n_tokens, &scores, runner.pool());
+      timing.scoring += Since(t);
       return absl::OkStatus();
     };
   }
   cache::KvCache cache;
   const auto start = Clock::now();
   KVWIRE_RETURN_IF_ERROR(runner.Prefill(prompt, options, &cache).status());
-  return Since(start);
+  timing.total = Since(start);
+  return timing;
 }
 
-absl::StatusOr<double> TimeDecode(runtime::Runner& runner, const GateModel* gates,
+absl::StatusOr<Timing> TimeDecode(runtime::Runner& runner, const GateModel* gates,
                                   const cache::KvCache& prefilled,
                                   absl::Span<const int32_t> tokens) {
+  Timing timing;
   cache::KvCache cache = prefilled;
   std::unique_ptr<GateRowBuffer> buffer;
   std::vector<float> scores;
@@ -51,7 +60,9 @@ absl::StatusOr<double> TimeDecode(runtime::Runner& runner, const GateModel* gate
   if (gates != nullptr) {
     buffer = std::make_unique<GateRowBuffer>(gates, kDecodeBatch);
     options.on_layer = [&](const runtime::PrefillLayer& pl) {
+      const auto t = Clock::now();
       if (buffer->Add(pl.layer, pl.attn_input)) buffer->Flush(pl.layer, &scores, runner.pool());
+      timing.scoring += Since(t);
       return absl::OkStatus();
     };
   }
@@ -60,7 +71,8 @@ absl::StatusOr<double> TimeDecode(runtime::Runner& runner, const GateModel* gate
     const int32_t pos = runtime::DecodePosition(cache, static_cast<int32_t>(i));
     KVWIRE_RETURN_IF_ERROR(runner.Decode(tokens[i], pos, &cache, options).status());
   }
-  return Since(start);
+  timing.total = Since(start);
+  return timing;
 }
 
 }  // namespace
@@ -73,23 +85,26 @@ absl::StatusOr<Overhead> MeasureOverhead(runtime::Runner& runner, const GateMode
   cache::KvCache prefilled;
   KVWIRE_RETURN_IF_ERROR(runner.Prefill(prompt, {}, &prefilled).status());
   const absl::Span<const int32_t> feed = prompt.subspan(0, o.decode_tokens);
-  std::vector<double> pp, pg, dp, dg;
+  std::vector<double> pp, pg, dp, dg, ps, ds;
   for (int r = 0; r < runs; ++r) {
     // Alternate which variant goes first so drift on a shared machine hits both alike.
     const bool gated_first = r % 2 == 1;
     for (int v = 0; v < 2; ++v) {
       const bool gated = (v == 0) == gated_first;
       const GateModel* g = gated ? &gates : nullptr;
-      KVWIRE_ASSIGN_OR_RETURN(const double p, TimePrefill(runner, g, prompt));
-      KVWIRE_ASSIGN_OR_RETURN(const double d, TimeDecode(runner, g, prefilled, feed));
-      (gated ? pg : pp).push_back(p);
-      (gated ? dg : dp).push_back(d);
+      KVWIRE_ASSIGN_OR_RETURN(const Timing p, TimePrefill(runner, g, prompt));
+      KVWIRE_ASSIGN_OR_RETURN(const Timing d, TimeDecode(runner, g, prefilled, feed));
+      (gated ? pg : pp).push_back(p.total);
+      (gated ? dg : dp).push_back(d.total);
+      if (gated) ps.push_back(p.scoring), ds.push_back(d.scoring);
     }
   }
   o.prefill_plain = bench::Median(pp);
   o.prefill_gated = bench::Median(pg);
   o.decode_plain = bench::Median(dp);
   o.decode_gated = bench::Median(dg);
+  o.prefill_scoring = bench::Median(ps);
+  o.decode_scoring = bench::Median(ds);
   return o;
 }
 

@@ -15,6 +15,9 @@ namespace kvwire::compress {
 struct Overhead {
   double prefill_plain = 0, prefill_gated = 0;  // median seconds per prefill of the prompt
   double decode_plain = 0, decode_gated = 0;    // median seconds per decode run
+  // Median seconds spent inside the gate scoring calls of one gated run: a direct reading of the
+  // gate's cost that the noise of the rest of the forward does not blur.
+  double prefill_scoring = 0, decode_scoring = 0;
   int64_t prompt_tokens = 0, decode_tokens = 0;
 };
 

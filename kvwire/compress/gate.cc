@@ -56,7 +56,10 @@ float RmsNormalise(const float* u, int width, float* out) {
 }
 
 // Per token: normalisation, sink softmax and the self probability (after the projections).
-void TokenForward(const GateShape& s, const GateLayer& w, int64_t t, GateActivations* a) {
+// sinks_t: fp32 [n_kv_heads][rank][n_sinks], the sinks transposed so the sink logits of a query
+// accumulate over contiguous sink rows (vectorises over the S sinks).
+void TokenForward(const GateShape& s, const GateLayer& w, const float* sinks_t, int64_t t,
+                  GateActivations* a) {
   const int r = s.rank, H = s.n_heads, G = s.n_kv_heads, S = s.n_sinks, group = s.group();
   const float scale = 1.0f / std::sqrt(static_cast<float>(r));
   for (int g = 0; g < G; ++g) {
@@ -73,14 +76,14 @@ void TokenForward(const GateShape& s, const GateLayer& w, int64_t t, GateActivat
     for (int i = 0; i < r; ++i) self += q[i] * k[i];
     self = self * scale + w.bias[h];
     float* p = a->sink_prob.data() + (t * H + h) * S;
-    int arg = 0;
-    for (int j = 0; j < S; ++j) {
-      const float* sk = w.sinks.data() + (static_cast<int64_t>(g) * S + j) * r;
-      float z = 0;
-      for (int i = 0; i < r; ++i) z += q[i] * sk[i];
-      p[j] = z * scale;
-      if (p[j] > p[arg]) arg = j;
+    std::fill(p, p + S, 0.0f);
+    for (int i = 0; i < r; ++i) {
+      const float qi = q[i] * scale;
+      const float* row = sinks_t + (static_cast<int64_t>(g) * r + i) * S;
+      for (int j = 0; j < S; ++j) p[j] += qi * row[j];
     }
+    int arg = 0;
+    for (int j = 1; j < S; ++j) arg = p[j] > p[arg] ? j : arg;
     const float m = p[arg];
     kernels::Softmax(p, S);  // vectorised exp
     // logsumexp of the sink logits from the largest one's probability (>= 1/S, so log is safe).
@@ -158,6 +161,15 @@ void GateForward(const GateShape& s, const GateLayer& w, const float* x, int64_t
                  GateActivations* act, kernels::ThreadPool* pool) {
   Resize(s, n, act);
   const int qw = s.n_heads * s.rank, kw = s.n_kv_heads * s.rank;
+  std::vector<float> sinks_t(w.sinks.size());
+  for (int g = 0; g < s.n_kv_heads; ++g) {
+    for (int j = 0; j < s.n_sinks; ++j) {
+      for (int i = 0; i < s.rank; ++i) {
+        sinks_t[(static_cast<int64_t>(g) * s.rank + i) * s.n_sinks + j] =
+            w.sinks[(static_cast<int64_t>(g) * s.n_sinks + j) * s.rank + i];
+      }
+    }
+  }
   // Token blocks are independent: each runs its own two sgemm and per-token loops.
   kernels::ParallelFor(pool, n, 32, [&](int64_t begin, int64_t end) {
     const int rows = static_cast<int>(end - begin);
@@ -168,7 +180,7 @@ void GateForward(const GateShape& s, const GateLayer& w, const float* x, int64_t
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kw, s.hidden, 1.0f,
                 x + begin * s.hidden, s.hidden, w.wk.data(), s.hidden, 0.0f,
                 act->uk.data() + begin * kw, kw);
-    for (int64_t t = begin; t < end; ++t) TokenForward(s, w, t, act);
+    for (int64_t t = begin; t < end; ++t) TokenForward(s, w, sinks_t.data(), t, act);
   });
 }
 
