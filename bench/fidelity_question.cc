@@ -78,8 +78,8 @@ struct QuestionOptions {
   std::string budgets = "0.1,0.2,0.35,0.5";
   std::string contexts = "1024,2048";
   int answer_tokens = 48;
-  int retrieval_tasks = 3;  // of each kind
-  int retrieval_chars = 3000;
+  int retrieval_tasks = 5;  // of each kind
+  int retrieval_chars = 2000;
   int recon_chunk = 512;
   int cost_reps = 3;
   int threads = 2;
