@@ -3,6 +3,7 @@
 //
 //   kvwire-decode --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                 [--transport ucx|loopback] [--capacity N] [--tls-cert F --tls-key F]
+//                 [--gates GATES]  (learned gates: decode-time compaction of gate/... requests)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "decode_node/decode_service.h"
@@ -18,11 +19,19 @@ struct DecodeFlags {
   grpc_util::NodeFlags node;
   uint32_t capacity = 8;
   uint32_t lease_ms = 10000;
+  std::string gates;
 };
 
 absl::Status Serve(const DecodeFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
   KVWIRE_ASSIGN_OR_RETURN(auto tokenizer, runtime::LoadTokenizer(model->gguf()));
+  compress::GateModel gates;
+  if (!f.gates.empty()) {
+    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::Load(f.gates));
+    const runtime::ModelConfig& c = model->config();
+    KVWIRE_RETURN_IF_ERROR(
+        Annotate(gates.CheckModel(c.n_layers, c.hidden, c.n_heads, c.n_kv_heads), f.gates));
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto transport, grpc_util::MakeNodeTransport(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto credentials, grpc_util::LoadServerCredentials(f.node.tls));
   control::MetricsRegistry registry;
@@ -32,6 +41,7 @@ absl::Status Serve(const DecodeFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
+  options.gates = f.gates.empty() ? nullptr : &gates;
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
@@ -58,6 +68,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4096));
   app.add_option("--lease-ms", f.lease_ms, "a grant lapses if its stream has not started by then")
       ->check(CLI::Range(1, 600000));
+  app.add_option("--gates", f.gates,
+                 "learned gate file (kvwire-train-gates) for gate/... requests");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-decode", f.node,
                                        [&] { return kvwire::decode::Serve(f); });

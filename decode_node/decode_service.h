@@ -48,6 +48,8 @@ struct DecodeNodeOptions {
   uint64_t max_slot_bytes = uint64_t{4} << 30;
   uint32_t max_tokens_limit = 4096;
   int threads = 2;
+  // Learned gates for decode-time compaction of gate/... requests (must outlive the service).
+  const compress::GateModel* gates = nullptr;
 };
 
 class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {

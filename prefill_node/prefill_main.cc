@@ -3,6 +3,7 @@
 //
 //   kvwire-prefill --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                  [--transport ucx|loopback] [--workers N] [--queue N] [--tls-cert F --tls-key F]
+//                  [--gates GATES]  (learned gates for gate/... methods, kvwire-train-gates)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
@@ -18,10 +19,18 @@ struct PrefillFlags {
   int workers = 1;
   int queue = 16;
   int drain_seconds = 30;
+  std::string gates;
 };
 
 absl::Status Serve(const PrefillFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
+  compress::GateModel gates;
+  if (!f.gates.empty()) {
+    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::Load(f.gates));
+    const runtime::ModelConfig& c = model->config();
+    KVWIRE_RETURN_IF_ERROR(
+        Annotate(gates.CheckModel(c.n_layers, c.hidden, c.n_heads, c.n_kv_heads), f.gates));
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto transport, grpc_util::MakeNodeTransport(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto credentials, grpc_util::LoadServerCredentials(f.node.tls));
   control::MetricsRegistry registry;
@@ -31,6 +40,7 @@ absl::Status Serve(const PrefillFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
+  options.gates = f.gates.empty() ? nullptr : &gates;
   auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));
@@ -58,6 +68,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000));
   app.add_option("--drain-seconds", f.drain_seconds, "graceful-shutdown budget")
       ->check(CLI::Range(0, 3600));
+  app.add_option("--gates", f.gates, "learned gate file for gate/... methods (kvwire-train-gates)");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-prefill", f.node,
                                        [&] { return kvwire::prefill::Serve(f); });
