@@ -74,7 +74,7 @@ struct QuestionOptions {
       "recon/uniform,recon/uniform/merge,recon+critical/uniform,recon+critical/uniform/merge,"
       "recon/global/merge,snapkv/uniform,snapkv/uniform/merge,defensive/uniform,"
       "defensive/uniform/merge,defensive+critical/uniform,defensive+critical/uniform/merge";
-  std::string gate_methods = "gate/uniform,gate/uniform/merge";
+  std::string gate_methods = "gate/uniform,gate/uniform/merge,gate/global/merge";
   std::string budgets = "0.1,0.2,0.35,0.5";
   std::string contexts = "1024,2048";
   int answer_tokens = 48;
