@@ -70,10 +70,11 @@ constexpr const char* kQuestions[] = {
 
 struct QuestionOptions {
   std::string model, corpus = kDefaultCorpus, json, plot, gates;
+  // defensive/global/merge is the control for recon/global/merge: same allocator, window scores.
   std::string methods =
-      "recon/uniform,recon/uniform/merge,recon+critical/uniform,recon+critical/uniform/merge,"
-      "recon/global/merge,snapkv/uniform,snapkv/uniform/merge,defensive/uniform,"
-      "defensive/uniform/merge,defensive+critical/uniform,defensive+critical/uniform/merge";
+      "recon/uniform,recon/uniform/merge,recon+critical/uniform/merge,recon/global/merge,"
+      "snapkv/uniform,snapkv/uniform/merge,defensive/uniform,defensive/uniform/merge,"
+      "defensive/global/merge,defensive+critical/uniform,defensive+critical/uniform/merge";
   std::string gate_methods = "gate/uniform,gate/uniform/merge,gate/global/merge";
   std::string budgets = "0.1,0.2,0.35,0.5";
   std::string contexts = "1024,2048";
