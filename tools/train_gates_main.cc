@@ -4,6 +4,7 @@
 //   kvwire-train-gates --model M.gguf --out gates.bin [--corpus FILE] [--seed N] [--tokens N]
 //                      [--val-tokens N] [--chunk N] [--epochs N] [--lr X] [--batch N]
 //                      [--json FILE] [--overhead-runs N]
+//   kvwire-train-gates --model M.gguf --measure-only gates.bin [--overhead-runs N]
 //
 // The frozen model reads corpus chunks (an open user turn of the chat template followed by
 // `--chunk` tokens of text); after each layer the prefill hook copies the attention inputs, then
@@ -38,6 +39,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Flags {
   std::string model, out, json;
+  std::string measure_only;  // a gate file: measure its overhead only
   std::string corpus = bench::kDefaultCorpus;
   uint32_t seed = 1;
   int64_t tokens = 8192;      // training tokens
@@ -97,45 +99,51 @@ absl::Status Record(runtime::Runner& runner, const runtime::Model& model, const 
   return absl::OkStatus();
 }
 
-struct Data {
-  std::vector<GateSamples> train, val;
-  std::vector<int32_t> overhead_prompt;  // a held-out chunk, for the overhead measurement
+struct Plan {
+  std::unique_ptr<runtime::Tokenizer> tok;
+  std::vector<std::vector<int32_t>> train, val;  // chunks, turn prefix included
 };
 
-absl::StatusOr<Data> Collect(const Flags& f, runtime::Runner& runner, const runtime::Model& model,
-                             const GateShape& shape) {
+absl::StatusOr<Plan> MakePlan(const Flags& f, const runtime::Model& model) {
   KVWIRE_ASSIGN_OR_RETURN(const std::string corpus, bench::LoadCorpus(f.corpus));
-  KVWIRE_ASSIGN_OR_RETURN(auto tok, runtime::LoadTokenizer(model.gguf()));
-  const std::vector<int32_t> all = tok->Encode(corpus);
-  KVWIRE_ASSIGN_OR_RETURN(const std::vector<int32_t> prefix, TurnPrefix(*tok));
+  Plan p;
+  KVWIRE_ASSIGN_OR_RETURN(p.tok, runtime::LoadTokenizer(model.gguf()));
+  const std::vector<int32_t> all = p.tok->Encode(corpus);
+  KVWIRE_ASSIGN_OR_RETURN(const std::vector<int32_t> prefix, TurnPrefix(*p.tok));
   const int64_t split = static_cast<int64_t>(all.size()) * 85 / 100;
-  const int64_t n_train = (f.tokens + f.chunk - 1) / f.chunk;
-  const int64_t n_val = (f.val_tokens + f.chunk - 1) / f.chunk;
   if (split < f.chunk || static_cast<int64_t>(all.size()) - split < f.chunk) {
     return absl::InvalidArgumentError(absl::StrCat("corpus ", f.corpus, " has ", all.size(),
                                                    " tokens: too short for chunks of ", f.chunk));
   }
   std::mt19937 rng(f.seed);
-  const auto train = Chunks(all, 0, split, f.chunk, n_train, prefix, rng);
-  const auto val =
-      Chunks(all, split, static_cast<int64_t>(all.size()), f.chunk, n_val, prefix, rng);
+  p.train = Chunks(all, 0, split, f.chunk, (f.tokens + f.chunk - 1) / f.chunk, prefix, rng);
+  p.val = Chunks(all, split, static_cast<int64_t>(all.size()), f.chunk,
+                 (f.val_tokens + f.chunk - 1) / f.chunk, prefix, rng);
+  return p;
+}
+
+struct Data {
+  std::vector<GateSamples> train, val;
+};
+
+absl::StatusOr<Data> Collect(const Plan& plan, runtime::Runner& runner, const runtime::Model& model,
+                             const GateShape& shape) {
   ReconOptions recon;
   recon.turn = ReconTurn::kSameTurn;
-  KVWIRE_ASSIGN_OR_RETURN(recon.prompt, BuildReconPrompt(*tok, ReconTurn::kSameTurn));
+  KVWIRE_ASSIGN_OR_RETURN(recon.prompt, BuildReconPrompt(*plan.tok, ReconTurn::kSameTurn));
   Data d;
   d.train.resize(shape.n_layers);
   d.val.resize(shape.n_layers);
   const auto start = Clock::now();
-  for (size_t c = 0; c < train.size() + val.size(); ++c) {
-    const bool is_train = c < train.size();
-    const auto& chunk = is_train ? train[c] : val[c - train.size()];
+  const size_t total = plan.train.size() + plan.val.size();
+  for (size_t c = 0; c < total; ++c) {
+    const bool is_train = c < plan.train.size();
+    const auto& chunk = is_train ? plan.train[c] : plan.val[c - plan.train.size()];
     KVWIRE_RETURN_IF_ERROR(
         Record(runner, model, shape, chunk, recon, is_train ? &d.train : &d.val));
-    std::fprintf(stderr, "record: chunk %zu/%zu (%s, %zu tokens) %.1f s\n", c + 1,
-                 train.size() + val.size(), is_train ? "train" : "held out", chunk.size(),
-                 Since(start));
+    std::fprintf(stderr, "record: chunk %zu/%zu (%s, %zu tokens) %.1f s\n", c + 1, total,
+                 is_train ? "train" : "held out", chunk.size(), Since(start));
   }
-  d.overhead_prompt = val.front();
   return d;
 }
 
@@ -216,18 +224,47 @@ void PrintAgreement(const std::vector<LayerReport>& r) {
       mean.spearman, mean.top10, mean.top20, before.spearman, before.top10, before.top20);
 }
 
-absl::Status Run(const Flags& f) {
-  const auto start = Clock::now();
-  KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.model));
-  const runtime::ModelConfig& c = model->config();
+void PrintOverhead(const Overhead& o, int runs) {
+  std::printf(
+      "gate scoring overhead (medians of %d, side by side): prefill of %lld tokens %+.2f %% "
+      "(%.3f s vs %.3f s), decode of %lld tokens %+.2f %% (%.3f s vs %.3f s)\n",
+      runs, static_cast<long long>(o.prompt_tokens), 100 * (o.prefill_gated / o.prefill_plain - 1),
+      o.prefill_gated, o.prefill_plain, static_cast<long long>(o.decode_tokens),
+      100 * (o.decode_gated / o.decode_plain - 1), o.decode_gated, o.decode_plain);
+}
+
+absl::StatusOr<GateShape> ModelShape(const runtime::Model& model) {
+  const runtime::ModelConfig& c = model.config();
   GateShape shape;
   shape.n_layers = c.n_layers;
   shape.hidden = c.hidden;
   shape.n_heads = c.n_heads;
   shape.n_kv_heads = c.n_kv_heads;
-  KVWIRE_ASSIGN_OR_RETURN(GateModel gates, GateModel::Init(shape, f.seed));
+  KVWIRE_RETURN_IF_ERROR(shape.Validate());
+  return shape;
+}
+
+// --measure-only: the overhead of existing gates on the first held-out chunk, no training.
+absl::Status MeasureOnly(const Flags& f, const runtime::Model& model, runtime::Runner& runner) {
+  KVWIRE_ASSIGN_OR_RETURN(const GateModel gates, GateModel::Load(f.measure_only));
+  const runtime::ModelConfig& c = model.config();
+  KVWIRE_RETURN_IF_ERROR(gates.CheckModel(c.n_layers, c.hidden, c.n_heads, c.n_kv_heads));
+  KVWIRE_ASSIGN_OR_RETURN(const Plan plan, MakePlan(f, model));
+  KVWIRE_ASSIGN_OR_RETURN(const Overhead o,
+                          MeasureOverhead(runner, gates, plan.val.front(), f.overhead_runs));
+  PrintOverhead(o, f.overhead_runs);
+  return absl::OkStatus();
+}
+
+absl::Status Run(const Flags& f) {
+  const auto start = Clock::now();
+  KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.model));
   runtime::Runner runner(*model, f.threads);
-  KVWIRE_ASSIGN_OR_RETURN(const Data data, Collect(f, runner, *model, shape));
+  if (!f.measure_only.empty()) return MeasureOnly(f, *model, runner);
+  KVWIRE_ASSIGN_OR_RETURN(const GateShape shape, ModelShape(*model));
+  KVWIRE_ASSIGN_OR_RETURN(GateModel gates, GateModel::Init(shape, f.seed));
+  KVWIRE_ASSIGN_OR_RETURN(const Plan plan, MakePlan(f, *model));
+  KVWIRE_ASSIGN_OR_RETURN(const Data data, Collect(plan, runner, *model, shape));
   const double record_s = Since(start);
   const auto train_start = Clock::now();
   const std::vector<LayerReport> report = Train(f, gates, data, runner.pool());
@@ -235,15 +272,12 @@ absl::Status Run(const Flags& f) {
   KVWIRE_RETURN_IF_ERROR(gates.Save(f.out));
   PrintAgreement(report);
   KVWIRE_ASSIGN_OR_RETURN(const Overhead o,
-                          MeasureOverhead(runner, gates, data.overhead_prompt, f.overhead_runs));
-  std::printf(
-      "gate scoring overhead (medians of %d, side by side): prefill of %lld tokens %+.2f %%, "
-      "decode of %lld tokens %+.2f %%\n",
-      f.overhead_runs, static_cast<long long>(o.prompt_tokens),
-      100 * (o.prefill_gated / o.prefill_plain - 1), static_cast<long long>(o.decode_tokens),
-      100 * (o.decode_gated / o.decode_plain - 1));
+                          MeasureOverhead(runner, gates, plan.val.front(), f.overhead_runs));
+  PrintOverhead(o, f.overhead_runs);
   if (!f.json.empty()) {
-    std::ofstream(f.json) << ReportJson(f, report, record_s, train_s, o);
+    std::ofstream out(f.json);
+    out << ReportJson(f, report, record_s, train_s, o);
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", f.json));
   }
   std::printf("wrote %s: recording %.0f s, training %.0f s, total %.0f s\n", f.out.c_str(),
               record_s, train_s, Since(start));
@@ -257,7 +291,10 @@ int main(int argc, char** argv) {
   kvwire::compress::Flags f;
   CLI::App app{"fit learned eviction gates to recon scores"};
   app.add_option("--model", f.model, "GGUF model")->required();
-  app.add_option("--out", f.out, "gate file to write")->required();
+  auto* out = app.add_option("--out", f.out, "gate file to write");
+  app.add_option("--measure-only", f.measure_only,
+                 "measure the scoring overhead of this gate file, train nothing")
+      ->excludes(out);
   app.add_option("--corpus", f.corpus, "UTF-8 text (gzip allowed)");
   app.add_option("--seed", f.train.seed, "seed of initialisation, chunk choice and shuffling");
   app.add_option("--tokens", f.tokens, "training tokens")->check(CLI::Range(64, 1 << 22));
@@ -273,6 +310,10 @@ int main(int argc, char** argv) {
   app.add_option("--overhead-runs", f.overhead_runs, "repetitions of the overhead measurement")
       ->check(CLI::Range(1, 100));
   CLI11_PARSE(app, argc, argv);
+  if (f.out.empty() && f.measure_only.empty()) {
+    std::fprintf(stderr, "kvwire-train-gates: --out is required\n");
+    return 2;
+  }
   f.seed = f.train.seed;
   const absl::Status st = kvwire::compress::Run(f);
   if (!st.ok()) {
