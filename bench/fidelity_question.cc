@@ -35,6 +35,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
 #include "bench/fidelity_data.h"
+#include "bench/stats.h"
 #include "kvwire/base/status.h"
 #include "kvwire/compress/compressor.h"
 #include "kvwire/compress/recon.h"
@@ -69,17 +70,19 @@ constexpr const char* kQuestions[] = {
 
 struct QuestionOptions {
   std::string model, corpus = kDefaultCorpus, json, plot, gates;
+  // defensive/global/merge is the control for recon/global/merge: same allocator, window scores.
   std::string methods =
-      "recon/uniform,recon/uniform/merge,recon+critical/uniform,recon+critical/uniform/merge,"
-      "recon/global/merge,snapkv/uniform,snapkv/uniform/merge,defensive/uniform,"
-      "defensive/uniform/merge,defensive+critical/uniform,defensive+critical/uniform/merge";
-  std::string gate_methods = "gate/uniform,gate/uniform/merge";
+      "recon/uniform,recon/uniform/merge,recon+critical/uniform/merge,recon/global/merge,"
+      "snapkv/uniform,snapkv/uniform/merge,defensive/uniform,defensive/uniform/merge,"
+      "defensive/global/merge,defensive+critical/uniform,defensive+critical/uniform/merge";
+  std::string gate_methods = "gate/uniform,gate/uniform/merge,gate/global/merge";
   std::string budgets = "0.1,0.2,0.35,0.5";
   std::string contexts = "1024,2048";
   int answer_tokens = 48;
-  int retrieval_tasks = 3;  // of each kind
-  int retrieval_chars = 3000;
+  int retrieval_tasks = 5;  // of each kind
+  int retrieval_chars = 2000;
   int recon_chunk = 512;
+  int cost_reps = 3;
   int threads = 2;
   uint32_t seed = 4321;
 };
@@ -146,26 +149,22 @@ class QuestionBench {
   }
 
   // Prefill, capture and external scores of an episode's document.
-  absl::StatusOr<Cost> Load(const Episode& e) {
+  absl::Status Load(const Episode& e) {
     const int64_t L = static_cast<int64_t>(e.context.size());
     L_ = L;
     keys_.assign(cfg_.n_layers, {});
     values_.assign(cfg_.n_layers, {});
     queries_.assign(cfg_.n_layers, {});
     gate_scores_.assign(cfg_.n_layers, {});
-    Cost cost{L};
+    Cost gate_time;  // the cost is measured apart (MeasureCost)
     runtime::ForwardOptions opt;
     opt.window = static_cast<int>(std::min<int64_t>(L, 32));
-    opt.on_layer = [&](const runtime::PrefillLayer& pl) { return Keep(pl, &cost); };
-    const auto start = Clock::now();
+    opt.on_layer = [&](const runtime::PrefillLayer& pl) { return Keep(pl, &gate_time); };
     KVWIRE_RETURN_IF_ERROR(runner_.Prefill(e.context, opt, &full_).status());
-    cost.prefill = Since(start) - cost.gate;
-    const auto recon_start = Clock::now();
     KVWIRE_ASSIGN_OR_RETURN(
         recon_scores_,
         compress::ReconScoresForCache(runner_, model_, e.context, &full_, recon_, runner_.pool()));
-    cost.recon = Since(recon_start);
-    return cost;
+    return absl::OkStatus();
   }
 
   absl::StatusOr<cache::KvCache> Compress(const compress::Compressor& comp) {
@@ -197,6 +196,29 @@ class QuestionBench {
   }
 
   const cache::KvCache& full() const { return full_; }
+
+  // Prefill (with the gates, if any, timed inside it) and the reconstruction passes of `context`,
+  // alternately `reps` times: median seconds of each.
+  absl::StatusOr<Cost> MeasureCost(absl::Span<const int32_t> context, int reps) {
+    std::vector<double> prefill, recon, gate;
+    for (int r = 0; r < reps; ++r) {
+      Cost once;
+      gate_scores_.assign(cfg_.n_layers, {});
+      runtime::ForwardOptions opt;
+      opt.on_layer = [&](const runtime::PrefillLayer& pl) { return GateLayer(pl, &once); };
+      cache::KvCache cache;
+      auto start = Clock::now();
+      KVWIRE_RETURN_IF_ERROR(runner_.Prefill(context, opt, &cache).status());
+      prefill.push_back(Since(start) - once.gate);
+      gate.push_back(once.gate);
+      start = Clock::now();
+      KVWIRE_RETURN_IF_ERROR(
+          compress::ReconScoresForCache(runner_, model_, context, &cache, recon_, runner_.pool())
+              .status());
+      recon.push_back(Since(start));
+    }
+    return Cost{static_cast<int64_t>(context.size()), Median(prefill), Median(recon), Median(gate)};
+  }
 
   // Logits [n][vocab] of `tokens` fed after the document over a copy of `cache`.
   absl::StatusOr<std::vector<float>> Teacher(cache::KvCache cache,
@@ -421,7 +443,7 @@ void WriteJson(const QuestionOptions& o, const std::vector<Method>& methods,
       << ",\n  \"answer_tokens\": " << o.answer_tokens << ",\n  \"episodes\": " << episodes
       << ",\n  \"retrieval_tasks\": " << retrieval_tasks
       << ",\n  \"retrieval_full_correct\": " << full_correct
-      << ",\n  \"recon_chunk_tokens\": " << o.recon_chunk
+      << ",\n  \"recon_chunk_tokens\": " << o.recon_chunk << ",\n  \"cost_reps\": " << o.cost_reps
       << ",\n  \"gates\": " << (o.gates.empty() ? "null" : absl::StrCat("\"", o.gates, "\""))
       << ",\n  \"seconds\": " << absl::StrFormat("%.1f", seconds) << ",\n  \"cost\": [\n";
   for (size_t i = 0; i < costs.size(); ++i) {
@@ -474,15 +496,16 @@ absl::Status Run(const QuestionOptions& o) {
   for (size_t i = 0; i < episodes.size(); ++i) {
     const Episode& e = episodes[i];
     const bool new_document = i == 0 || e.context != episodes[i - 1].context;
-    if (new_document) {
-      KVWIRE_ASSIGN_OR_RETURN(const Cost cost, bench.Load(e));
+    if (new_document && e.kind == "qa") {
+      KVWIRE_ASSIGN_OR_RETURN(const Cost cost, bench.MeasureCost(e.context, o.cost_reps));
       costs.push_back(cost);
       std::fprintf(stderr,
-                   "fidelity-question: document of %lld tokens: prefill %.2f s, recon %.2f s "
-                   "(%.2fx), gate %.3f s\n",
-                   static_cast<long long>(cost.tokens), cost.prefill, cost.recon,
+                   "fidelity-question: document of %lld tokens, medians of %d: prefill %.2f s, "
+                   "recon %.2f s (%.2fx), gate %.4f s\n",
+                   static_cast<long long>(cost.tokens), o.cost_reps, cost.prefill, cost.recon,
                    cost.recon / cost.prefill, cost.gate);
     }
+    if (new_document) KVWIRE_RETURN_IF_ERROR(bench.Load(e));
     std::fprintf(stderr, "fidelity-question: episode %zu/%zu (%s)\n", i + 1, episodes.size(),
                  e.kind.c_str());
     KVWIRE_ASSIGN_OR_RETURN(const bool ok, RunEpisode(o, bench, *tok, e, methods, tallies));
@@ -526,6 +549,9 @@ void Setup(CLI::App& sub, std::function<int()>* run) {
   sub.add_option("--retrieval-chars", o->retrieval_chars, "characters of text around the needles");
   sub.add_option("--recon-chunk", o->recon_chunk, "context tokens per reconstruction pass")
       ->check(CLI::Range(1, 1 << 20));
+  sub.add_option("--cost-reps", o->cost_reps,
+                 "alternate prefill/reconstruction timings per document")
+      ->check(CLI::Range(1, 100));
   sub.add_option("--threads", o->threads, "CPU threads")->check(CLI::Range(1, 256));
   sub.add_option("--seed", o->seed, "seed for documents and needles");
   sub.add_option("--json", o->json, "write results as JSON");
