@@ -21,16 +21,18 @@
 namespace kvwire::compress {
 namespace {
 
-GateShape SmallShape() {
+GateShape Shape(int layers, int hidden, int heads, int kv_heads, int rank, int sinks) {
   GateShape s;
-  s.n_layers = 2;
-  s.hidden = 12;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.rank = 5;
-  s.n_sinks = 3;
+  s.n_layers = layers;
+  s.hidden = hidden;
+  s.n_heads = heads;
+  s.n_kv_heads = kv_heads;
+  s.rank = rank;
+  s.n_sinks = sinks;
   return s;
 }
+
+GateShape SmallShape() { return Shape(2, 12, 4, 2, 5, 3); }
 
 std::vector<float> RandomRows(int64_t n, int width, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -237,13 +239,7 @@ TEST(GateTraining, LossFallsAndRanksFollowTheTargetsOnTinyModelInputs) {
   const int64_t L = 96;
   TinyModelInputs inputs = RecordTinyModel(5, L);
   ASSERT_EQ(inputs.chunks.size(), 5u);
-  GateShape s;
-  s.n_layers = 1;
-  s.hidden = 64;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.rank = 8;
-  s.n_sinks = 4;
+  const GateShape s = Shape(1, 64, 4, 2, 8, 4);
   const GateModel teacher = TrainedLooking(s, 21);
   GateScorer scorer(&teacher);
   GateSamples train, val;
@@ -297,13 +293,7 @@ TEST(GateTraining, SameSeedSameWeights) {
 // The expected survivors come from replaying the rule on the scores alone (a merge keeps the
 // target's position, so which positions survive depends only on the victims).
 TEST(DecodeCompactorGates, KeepsTheHighestGatedGeneratedEntriesAtTheRatio) {
-  GateShape s;
-  s.n_layers = 1;
-  s.hidden = 16;
-  s.n_heads = 2;
-  s.n_kv_heads = 1;
-  s.rank = 4;
-  s.n_sinks = 3;
+  const GateShape s = Shape(1, 16, 2, 1, 4, 3);
   const GateModel gates = TrainedLooking(s, 50);
   CompressionSpec spec;
   spec.sinks = 2;
