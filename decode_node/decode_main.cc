@@ -4,6 +4,7 @@
 //   kvwire-decode --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                 [--transport ucx|loopback] [--capacity N] [--tls-cert F --tls-key F]
 //                 [--synthetic-kv LxHxD[xQ]]
+//                 [--gates GATES]  (learned gates: decode-time compaction of gate/... requests)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "decode_node/decode_service.h"
@@ -21,11 +22,18 @@ struct DecodeFlags {
   uint32_t lease_ms = 10000;
   uint32_t max_lease_ms = 600000;
   std::string synthetic_kv;
+  std::string gates;
 };
 
 absl::Status Serve(const DecodeFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
   KVWIRE_ASSIGN_OR_RETURN(auto tokenizer, runtime::LoadTokenizer(model->gguf()));
+  compress::GateModel gates;
+  if (!f.gates.empty()) {
+    const runtime::ModelConfig& c = model->config();
+    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::LoadFor(f.gates, c.n_layers, c.hidden,
+                                                                c.n_heads, c.n_kv_heads));
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto transport, grpc_util::MakeNodeTransport(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto credentials, grpc_util::LoadServerCredentials(f.node.tls));
   control::MetricsRegistry registry;
@@ -40,6 +48,7 @@ absl::Status Serve(const DecodeFlags& f) {
     KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
     if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
   }
+  options.gates = f.gates.empty() ? nullptr : &gates;
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
@@ -71,6 +80,8 @@ int main(int argc, char** argv) {
   app.add_option("--synthetic-kv", f.synthetic_kv,
                  "benchmarks: accept pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
                  "and answer with a fixed text instead of generating (prefill node likewise)");
+  app.add_option("--gates", f.gates,
+                 "learned gate file (kvwire-train-gates) for gate/... requests");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-decode", f.node,
                                        [&] { return kvwire::decode::Serve(f); });

@@ -91,11 +91,15 @@ void DecodeScheduler::AttachCompactor(Job& job) {
       protected_entries);
   job.compactor = std::make_unique<compress::DecodeCompactor>(
       r.spec, runner_.model().config().n_heads, max_entries);
+  if (r.gates != nullptr && r.spec.scorer == compress::ScorerKind::kGate) {
+    job.compactor->UseGates(r.gates, r.decode_kept_fraction, runner_.pool());
+  }
   job.options.window = 1;  // the step's query, which the compactor scores with
   compress::DecodeCompactor* compactor = job.compactor.get();
   cache::KvCache* cache = &job.request.cache;
   job.options.on_layer = [compactor, cache](const runtime::PrefillLayer& layer) {
-    return compactor->OnStep(layer.layer, layer.window_queries, &cache->layers[layer.layer]);
+    return compactor->OnStep(layer.layer, layer.window_queries, &cache->layers[layer.layer],
+                             layer.attn_input);
   };
 }
 

@@ -44,6 +44,9 @@ struct GenerationRequest {
   // `spec`'s merge rule (compress::DecodeCompactor). 0 = the cache grows by one entry per token.
   float decode_kept_fraction = 0;
   compress::CompressionSpec spec;
+  // With a gate spec and decode_kept_fraction > 0: generated entries are also thinned to that
+  // fraction by these learned gates (DecodeCompactor::UseGates). Must outlive the request.
+  const compress::GateModel* gates = nullptr;
 };
 
 // One request's output queue.

@@ -419,6 +419,7 @@ absl::Status DecodeServiceImpl::SetDecodeBudget(float fraction, const Slot& slot
   // The merge rule of the method the prefill node applied, from the stream's manifest.
   absl::StatusOr<compress::CompressionSpec> spec = compress::CompressionSpec::Parse(slot.method);
   if (spec.ok()) job->spec = *spec;
+  job->gates = options_.gates;
   return absl::OkStatus();
 }
 

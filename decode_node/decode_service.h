@@ -55,6 +55,8 @@ struct DecodeNodeOptions {
   // Benchmarks: accept synthetic KV of this shape and answer with a fixed text instead of
   // generating (kvwire/control/synthetic_kv.h).
   std::optional<control::SyntheticKv> synthetic_kv;
+  // Learned gates for decode-time compaction of gate/... requests (must outlive the service).
+  const compress::GateModel* gates = nullptr;
 };
 
 class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {

@@ -3,7 +3,9 @@
 #include <chrono>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "kvwire/base/status.h"
+#include "kvwire/compress/select.h"
 #include "kvwire/kernels/quant.h"
 
 namespace kvwire::prefill {
@@ -15,13 +17,32 @@ double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Keeps a layer's hook data alive until the global allocator has seen every layer.
-struct HeldLayer {
+}  // namespace
+
+struct CompressingPrefill::HeldLayer {
   std::vector<float> keys, values, queries;
+  std::vector<float> scores;  // external scores, fp32 [n_kv_heads][L]; empty when not used
   compress::LayerInput input;
 };
 
-}  // namespace
+CompressingPrefill::HeldLayer CompressingPrefill::Hold(const runtime::PrefillLayer& pl,
+                                                       const compress::LayerInput& in,
+                                                       std::vector<float> scores) {
+  const runtime::ModelConfig& cfg = runner_->model().config();
+  HeldLayer h;
+  const size_t kv = static_cast<size_t>(pl.n_tokens) * cfg.n_kv_heads * cfg.head_dim;
+  h.keys.assign(pl.keys, pl.keys + kv);
+  h.values.assign(pl.values, pl.values + kv);
+  h.queries.assign(pl.window_queries,
+                   pl.window_queries + static_cast<size_t>(pl.window) * cfg.n_heads * cfg.head_dim);
+  h.scores = std::move(scores);
+  h.input = in;
+  h.input.keys = h.keys.data();
+  h.input.values = h.values.data();
+  h.input.queries = h.queries.data();
+  if (!h.scores.empty()) h.input.external_scores = h.scores.data();
+  return h;
+}
 
 CompressingPrefill::CompressingPrefill(runtime::Runner* runner)
     : runner_(runner), wo_(runner->model().config().n_layers) {}
@@ -42,43 +63,79 @@ const float* CompressingPrefill::OutputProjection(int layer) {
   return wo_[layer].data();
 }
 
+compress::LayerInput CompressingPrefill::Input(const runtime::PrefillLayer& pl, bool critical) {
+  const runtime::ModelConfig& cfg = runner_->model().config();
+  compress::LayerInput in;
+  in.layer = pl.layer;
+  in.n_tokens = pl.n_tokens;
+  in.n_heads = cfg.n_heads;
+  in.n_kv_heads = cfg.n_kv_heads;
+  in.head_dim = cfg.head_dim;
+  in.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim));
+  in.keys = pl.keys;
+  in.values = pl.values;
+  in.queries = pl.window_queries;
+  in.n_queries = pl.window;
+  if (critical) {
+    in.wo = OutputProjection(pl.layer);
+    in.hidden = cfg.hidden;
+  }
+  return in;
+}
+
+absl::StatusOr<std::vector<float>> CompressingPrefill::GateScores(const runtime::PrefillLayer& pl) {
+  const runtime::ModelConfig& cfg = runner_->model().config();
+  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> scores, gate_scorer_(pl));
+  const size_t want = static_cast<size_t>(pl.n_tokens) * cfg.n_kv_heads;
+  if (scores.size() != want) {
+    return absl::InvalidArgumentError(absl::StrCat("gate scores of layer ", pl.layer, " hold ",
+                                                   scores.size(), " values, want n_kv_heads * L = ",
+                                                   want));
+  }
+  return scores;
+}
+
+absl::Status CompressingPrefill::ReconScore(absl::Span<const int32_t> prompt, cache::KvCache* full,
+                                            std::vector<std::vector<float>>* scores) {
+  if (recon_options_.prompt.empty()) {
+    KVWIRE_ASSIGN_OR_RETURN(recon_options_.prompt,
+                            compress::BuildReconPrompt(runner_->model(), recon_options_.turn));
+  }
+  KVWIRE_ASSIGN_OR_RETURN(*scores,
+                          compress::ReconScoresForCache(*runner_, runner_->model(), prompt, full,
+                                                        recon_options_, runner_->pool()));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> prompt,
                                                       const compress::Compressor& compressor,
                                                       const LayerSink& sink) {
-  const runtime::ModelConfig& cfg = runner_->model().config();
+  const compress::CompressionSpec& spec = compressor.spec();
   const int64_t L = static_cast<int64_t>(prompt.size());
+  // At budget 1 every method returns the uncompressed cache: no external scores are needed.
+  const bool full_budget = compress::HeadBudget(compressor.kept_fraction(), L) >= L;
+  const bool gate = spec.scorer == compress::ScorerKind::kGate && !full_budget;
+  const bool recon = spec.scorer == compress::ScorerKind::kRecon && !full_budget;
+  if (gate && !gate_scorer_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", spec.ToString(), " method needs gate scores per layer and none are "
+                     "configured (CompressingPrefill::set_gate_scorer)"));
+  }
   PrefillResult result;
   result.original_length = static_cast<int32_t>(L);
-  std::vector<HeldLayer> held;  // global allocator only
-  const bool streaming = compressor.streams_layers();
+  std::vector<HeldLayer> held;  // every layer, when not streaming
+  const bool streaming = compressor.streams_layers() && !recon;
   auto hook = [&](const runtime::PrefillLayer& pl) -> absl::Status {
     const auto start = Clock::now();
-    compress::LayerInput in;
-    in.layer = pl.layer;
-    in.n_tokens = pl.n_tokens;
-    in.n_heads = cfg.n_heads;
-    in.n_kv_heads = cfg.n_kv_heads;
-    in.head_dim = cfg.head_dim;
-    in.scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim));
-    in.keys = pl.keys;
-    in.values = pl.values;
-    in.queries = pl.window_queries;
-    in.n_queries = pl.window;
-    if (compressor.spec().critical) {
-      in.wo = OutputProjection(pl.layer);
-      in.hidden = cfg.hidden;
+    compress::LayerInput in = Input(pl, spec.critical);
+    std::vector<float> gate_scores;
+    if (gate) {
+      KVWIRE_ASSIGN_OR_RETURN(gate_scores, GateScores(pl));
+      in.external_scores = gate_scores.data();
+      result.external_score_seconds += SecondsSince(start);
     }
     if (!streaming) {
-      HeldLayer& h = held.emplace_back();
-      const size_t kv = static_cast<size_t>(L) * cfg.n_kv_heads * cfg.head_dim;
-      h.keys.assign(pl.keys, pl.keys + kv);
-      h.values.assign(pl.values, pl.values + kv);
-      h.queries.assign(pl.window_queries,
-                       pl.window_queries + static_cast<size_t>(pl.window) * cfg.n_heads * cfg.head_dim);
-      h.input = in;
-      h.input.keys = h.keys.data();
-      h.input.values = h.values.data();
-      h.input.queries = h.queries.data();
+      held.push_back(Hold(pl, in, std::move(gate_scores)));
       result.compress_seconds += SecondsSince(start);
       return absl::OkStatus();
     }
@@ -100,13 +157,22 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
   result.prefill_seconds = SecondsSince(start) - result.compress_seconds - result.sink_seconds;
   if (streaming) return result;
 
-  const auto global_start = Clock::now();
+  const auto held_start = Clock::now();
+  if (recon) {
+    std::vector<std::vector<float>> scores;
+    KVWIRE_RETURN_IF_ERROR(ReconScore(prompt, &full, &scores));
+    result.external_score_seconds += SecondsSince(held_start);
+    for (size_t l = 0; l < held.size(); ++l) {
+      held[l].scores = std::move(scores[l]);
+      held[l].input.external_scores = held[l].scores.data();
+    }
+  }
   std::vector<compress::LayerInput> inputs;
   for (const HeldLayer& h : held) inputs.push_back(h.input);
   std::vector<compress::LayerStats> stats;
   KVWIRE_ASSIGN_OR_RETURN(std::vector<cache::LayerCache> layers,
                           compressor.CompressAll(inputs, runner_->pool(), &stats));
-  result.compress_seconds += SecondsSince(global_start);
+  result.compress_seconds += SecondsSince(held_start);
   for (size_t l = 0; l < layers.size(); ++l) {
     result.kept_entries += stats[l].kept;
     KVWIRE_RETURN_IF_ERROR(sink(static_cast<int>(l), std::move(layers[l]), stats[l]));

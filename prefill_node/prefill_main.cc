@@ -4,6 +4,7 @@
 //   kvwire-prefill --listen HOST:PORT --model M.gguf [--control HOST:PORT] [--metrics HOST:PORT]
 //                  [--transport ucx|loopback] [--workers N] [--queue N] [--tls-cert F --tls-key F]
 //                  [--synthetic-kv LxHxD[xQ]]
+//                  [--gates GATES]  (learned gates for gate/... methods, kvwire-train-gates)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
@@ -20,10 +21,17 @@ struct PrefillFlags {
   int queue = 16;
   int drain_seconds = 30;
   std::string synthetic_kv;
+  std::string gates;
 };
 
 absl::Status Serve(const PrefillFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
+  compress::GateModel gates;
+  if (!f.gates.empty()) {
+    const runtime::ModelConfig& c = model->config();
+    KVWIRE_ASSIGN_OR_RETURN(gates, compress::GateModel::LoadFor(f.gates, c.n_layers, c.hidden,
+                                                                c.n_heads, c.n_kv_heads));
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto transport, grpc_util::MakeNodeTransport(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto credentials, grpc_util::LoadServerCredentials(f.node.tls));
   control::MetricsRegistry registry;
@@ -37,6 +45,7 @@ absl::Status Serve(const PrefillFlags& f) {
     KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
     if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
   }
+  options.gates = f.gates.empty() ? nullptr : &gates;
   auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));
@@ -67,6 +76,7 @@ int main(int argc, char** argv) {
   app.add_option("--synthetic-kv", f.synthetic_kv,
                  "benchmarks: stream pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
                  "instead of running the model (decode node needs the same flag)");
+  app.add_option("--gates", f.gates, "learned gate file for gate/... methods (kvwire-train-gates)");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-prefill", f.node,
                                        [&] { return kvwire::prefill::Serve(f); });

@@ -216,6 +216,10 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
                           compress::CompressionSpec::Parse(method));
   KVWIRE_ASSIGN_OR_RETURN(const compress::Compressor compressor,
                           compress::Compressor::Create(spec, request.kept_fraction()));
+  if (spec.scorer == compress::ScorerKind::kGate && options_.gates == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "method ", spec.ToString(), " needs learned gates; this prefill node has none (--gates)"));
+  }
   KVWIRE_ASSIGN_OR_RETURN(const format::DType kv_dtype,
                           ParseKvDtype(request.compression().kv_dtype()));
   KVWIRE_ASSIGN_OR_RETURN(const Token token, GrantToken(request.grant()));
@@ -235,6 +239,16 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
       {.send_timeout = std::min(options_.send_timeout, deadline.Remaining())});
   KVWIRE_RETURN_IF_ERROR(sender.Start());
   const absl::Time start = absl::Now();
+  CompressingPrefill prefill(runner);
+  if (options_.gates != nullptr) {
+    // Scored inline from each layer's attention input as the layer finishes.
+    auto gates = std::make_shared<compress::GateScorer>(options_.gates);
+    prefill.set_gate_scorer([gates, runner](const runtime::PrefillLayer& pl) {
+      std::vector<float> scores;
+      gates->Score(pl.layer, pl.attn_input, pl.n_tokens, &scores, runner->pool());
+      return absl::StatusOr<std::vector<float>>(std::move(scores));
+    });
+  }
   auto sink = [&](int layer, cache::LayerCache layer_cache,
                   const compress::LayerStats&) -> absl::Status {
     if (context->IsCancelled()) return absl::CancelledError("prefill call cancelled");
@@ -244,7 +258,7 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
   absl::StatusOr<PrefillResult> result =
       options_.synthetic_kv
           ? RunSyntheticPrefill(*options_.synthetic_kv, prompt, compressor, runner->pool(), sink)
-          : CompressingPrefill(runner).Run(prompt, compressor, sink);
+          : prefill.Run(prompt, compressor, sink);
   if (!result.ok()) {
     sender.Abort(result.status());
     return result.status();

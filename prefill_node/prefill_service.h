@@ -13,7 +13,7 @@
 // Thread-safety: gRPC calls it from many threads. Error codes (as gRPC statuses):
 // INVALID_ARGUMENT (empty prompt, token outside the vocabulary, prompt past the context, kept
 // fraction outside (0, 1], bad compression spec or kv dtype, malformed grant), FAILED_PRECONDITION
-// (the grant names another transport kind),
+// (the grant names another transport kind; a gate method on a node started without gates),
 // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down; decode node unreachable or gone),
 // DEADLINE_EXCEEDED, PERMISSION_DENIED / RESOURCE_EXHAUSTED from the decode node's admission,
 // CANCELLED.
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "kvwire/compress/gate.h"
 #include "kvwire/compress/spec.h"
 #include "kvwire/control/metrics.h"
 #include "kvwire/control/synthetic_kv.h"
@@ -51,6 +52,9 @@ struct PrefillNodeOptions {
   // Benchmarks: stream synthetic KV of this shape instead of running the model
   // (synthetic_prefill.h).
   std::optional<control::SyntheticKv> synthetic_kv;
+  // Learned gates for `gate/...` methods (must outlive the service and match the model); without
+  // them such requests are FAILED_PRECONDITION.
+  const compress::GateModel* gates = nullptr;
 };
 
 class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {

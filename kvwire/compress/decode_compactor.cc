@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "kvwire/base/status.h"
 #include "kvwire/compress/merge.h"
 #include "kvwire/kernels/ops.h"
 
@@ -23,7 +24,12 @@ kernels::QueryBlock DecodeCompactor::RecentBlock(const LayerState& st, std::vect
   for (const auto& q : st.recent) rows->insert(rows->end(), q.begin(), q.end());
   const int64_t n = static_cast<int64_t>(st.recent.size());
   positions->assign(n, std::numeric_limits<int32_t>::max());  // see every entry
-  return {rows->data(), n, positions->data(), n_heads_, n_kv_heads, d,
+  return {rows->data(),
+          n,
+          positions->data(),
+          n_heads_,
+          n_kv_heads,
+          d,
           1.0f / std::sqrt(static_cast<float>(d))};
 }
 
@@ -48,14 +54,23 @@ void DecodeCompactor::UpdateScores(LayerState& st, const float* query,
   }
 }
 
-void DecodeCompactor::MergeOne(LayerState& st, int h, cache::HeadSegment& seg, int d) {
+int64_t DecodeCompactor::LowestEma(const LayerState& st, int h,
+                                   const cache::HeadSegment& seg) const {
   const int64_t n = static_cast<int64_t>(seg.size());
-  const int64_t lo = std::min<int64_t>(spec_.sinks, n), hi = std::max<int64_t>(lo, n - spec_.window);
-  std::vector<float>& ema = st.heads[h].ema;
+  const int64_t lo = std::min<int64_t>(spec_.sinks, n),
+                hi = std::max<int64_t>(lo, n - spec_.window);
+  const std::vector<float>& ema = st.heads[h].ema;
   int64_t victim = lo;
   for (int64_t i = lo; i < hi; ++i) {
     if (ema[i] < ema[victim]) victim = i;
   }
+  return victim;
+}
+
+void DecodeCompactor::MergeOne(LayerState& st, int h, cache::HeadSegment& seg, int d,
+                               int64_t victim) {
+  const int64_t n = static_cast<int64_t>(seg.size());
+  std::vector<float>& ema = st.heads[h].ema;
   // Most similar other entry.
   std::vector<float> cos(n, -2.0f);
   const float* kv = seg.key(victim, d);
@@ -76,8 +91,9 @@ void DecodeCompactor::MergeOne(LayerState& st, int h, cache::HeadSegment& seg, i
   std::copy_n(seg.key(target, d), d, pair_keys.data());
   std::copy_n(kv, d, pair_keys.data() + d);
   kernels::LogMeanExpScores(qb, h, {pair_keys.data(), d, 2}, l.data());
-  const MergeMember group[2] = {{seg.key(target, d), seg.value(target, d), seg.log_votes[target], l[0]},
-                                {kv, seg.value(victim, d), seg.log_votes[victim], l[1]}};
+  const MergeMember group[2] = {
+      {seg.key(target, d), seg.value(target, d), seg.log_votes[target], l[0]},
+      {kv, seg.value(victim, d), seg.log_votes[victim], l[1]}};
   GroupMoments moments = ComputeMoments(group, d);
   kernels::LogMeanExpScores(qb, h, {moments.mean_key.data(), d, 1}, l_mean.data());
   MergedEntry merged = FinishMerge(spec_, std::move(moments), l_mean[0]);
@@ -91,14 +107,70 @@ void DecodeCompactor::MergeOne(LayerState& st, int h, cache::HeadSegment& seg, i
   seg.keys.erase(seg.keys.begin() + victim * d, seg.keys.begin() + (victim + 1) * d);
   seg.values.erase(seg.values.begin() + victim * d, seg.values.begin() + (victim + 1) * d);
   ema.erase(ema.begin() + victim);
+  std::vector<float>& gate = st.heads[h].gate;
+  if (!gate.empty()) gate.erase(gate.begin() + victim);
   ++merges_;
 }
 
-absl::Status DecodeCompactor::OnStep(int layer, const float* query, cache::LayerCache* layer_cache) {
+void DecodeCompactor::UseGates(const GateModel* gates, float kept_fraction,
+                               kernels::ThreadPool* pool) {
+  constexpr int kMaxBatch = 16;
+  gate_rows_ =
+      std::make_unique<GateRowBuffer>(gates, std::min(kMaxBatch, std::max(1, spec_.window)));
+  gate_kept_fraction_ = kept_fraction;
+  gate_pool_ = pool;
+}
+
+void DecodeCompactor::GateEvict(LayerState& st, int h, cache::HeadSegment& seg, int d) {
+  const int64_t left = st.generated - spec_.window;  // generated tokens past the window
+  if (left <= 0) return;
+  const auto allowed =
+      static_cast<int64_t>(std::ceil(gate_kept_fraction_ * static_cast<double>(left)));
+  while (true) {
+    const int64_t n = static_cast<int64_t>(seg.size());
+    const int64_t lo = std::min<int64_t>(spec_.sinks, n),
+                  hi = std::max<int64_t>(lo, n - spec_.window);
+    const std::vector<float>& gate = st.heads[h].gate;
+    int64_t victim = -1, scored = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (std::isnan(gate[i])) continue;
+      ++scored;
+      if (victim < 0 || gate[i] < gate[victim]) victim = i;
+    }
+    if (scored <= allowed) return;
+    MergeOne(st, h, seg, d, victim);
+    ++gate_merges_;
+  }
+}
+
+absl::Status DecodeCompactor::GateStep(int layer, LayerState& st, const float* attn_input,
+                                       cache::LayerCache* layer_cache, int d) {
+  if (attn_input == nullptr) {
+    return absl::InvalidArgumentError(
+        "decode compactor with gates needs the step's attention input");
+  }
+  ++st.generated;
+  for (auto& head : st.heads) head.gate.resize(head.ema.size(), NAN);
+  if (!gate_rows_->Add(layer, attn_input)) return absl::OkStatus();
+  const int64_t n = gate_rows_->pending(layer);
+  std::vector<float> scores;
+  gate_rows_->Flush(layer, &scores, gate_pool_);
+  // The buffered rows are the newest n entries of every head (merges never touch the window).
+  for (size_t h = 0; h < st.heads.size(); ++h) {
+    std::vector<float>& gate = st.heads[h].gate;
+    const int64_t first = static_cast<int64_t>(gate.size()) - n;
+    for (int64_t i = 0; i < n && first + i >= 0; ++i) gate[first + i] = scores[h * n + i];
+    GateEvict(st, static_cast<int>(h), layer_cache->heads[h], d);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeCompactor::OnStep(int layer, const float* query, cache::LayerCache* layer_cache,
+                                     const float* attn_input) {
   if (max_entries_ < spec_.sinks + spec_.window + 1) {
     return absl::InvalidArgumentError(absl::StrCat("decode budget of ", max_entries_,
-                                                   " entries cannot hold ", spec_.sinks, " sinks + ",
-                                                   spec_.window, " recent entries"));
+                                                   " entries cannot hold ", spec_.sinks,
+                                                   " sinks + ", spec_.window, " recent entries"));
   }
   if (layer < 0) return absl::InvalidArgumentError("negative layer");
   if (static_cast<size_t>(layer) >= layers_.size()) layers_.resize(layer + 1);
@@ -106,16 +178,25 @@ absl::Status DecodeCompactor::OnStep(int layer, const float* query, cache::Layer
   const int n_kv = static_cast<int>(layer_cache->heads.size());
   if (n_kv == 0 || n_heads_ % n_kv != 0) return absl::InvalidArgumentError("bad KV head count");
   if (st.heads.empty()) st.heads.resize(n_kv);
-  if (static_cast<int>(st.heads.size()) != n_kv) return absl::InvalidArgumentError("cache shape changed");
+  if (static_cast<int>(st.heads.size()) != n_kv)
+    return absl::InvalidArgumentError("cache shape changed");
   const cache::HeadSegment& first = layer_cache->heads[0];
   if (first.size() == 0) return absl::OkStatus();
   const int d = static_cast<int>(first.keys.size() / first.size());
   st.recent.emplace_back(query, query + static_cast<size_t>(n_heads_) * d);
   if (st.recent.size() > kRecentQueries) st.recent.pop_front();
   UpdateScores(st, query, *layer_cache, d);
+  if (gate_rows_ != nullptr) {
+    if (layer >= gate_rows_->layers()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no gate"));
+    }
+    KVWIRE_RETURN_IF_ERROR(GateStep(layer, st, attn_input, layer_cache, d));
+  }
   for (int h = 0; h < n_kv; ++h) {
     cache::HeadSegment& seg = layer_cache->heads[h];
-    while (static_cast<int64_t>(seg.size()) > max_entries_) MergeOne(st, h, seg, d);
+    while (static_cast<int64_t>(seg.size()) > max_entries_) {
+      MergeOne(st, h, seg, d, LowestEma(st, h, seg));
+    }
   }
   return absl::OkStatus();
 }

@@ -1,6 +1,7 @@
 #include "kvwire/compress/scorer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,24 @@ absl::Status LayerInput::Validate(const CompressionSpec& spec) const {
   if (spec.critical && (wo == nullptr || hidden <= 0)) {
     return absl::InvalidArgumentError("+critical needs the layer's output projection (wo)");
   }
+  if (spec.external_scores()) return ValidateExternalScores(spec);
+  return absl::OkStatus();
+}
+
+absl::Status LayerInput::ValidateExternalScores(const CompressionSpec& spec) const {
+  if (external_scores == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", layer, ": the ", spec.ToString(),
+        " method scores with external scores (fp32 [n_kv_heads][L] in LayerInput::external_scores: "
+        "reconstruction scores or gate scores) and none were given"));
+  }
+  const int64_t n = n_tokens * n_kv_heads;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(external_scores[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, ": external score ", i,
+                                                     " is not finite (", external_scores[i], ")"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -62,7 +81,16 @@ void ScoreHead(const CompressionSpec& spec, const LayerInput& in, int h,
   if (merging) out.log_score.resize(L);
   switch (spec.scorer) {
     case ScorerKind::kWindow:
-      for (int64_t i = 0; i < L; ++i) out.score[i] = static_cast<float>(i + 1) / static_cast<float>(L);
+    case ScorerKind::kRecon:
+    case ScorerKind::kGate:
+      if (spec.external_scores()) {
+        const float* row = in.external_scores + static_cast<int64_t>(h) * L;
+        out.score.assign(row, row + L);
+      } else {
+        for (int64_t i = 0; i < L; ++i) {
+          out.score[i] = static_cast<float>(i + 1) / static_cast<float>(L);
+        }
+      }
       if (merging) {
         stats.log_score = out.log_score.data();
         kernels::AttentionStats(LastRows(all_queries, spec.QueryRows(L)), h, in.KeyRows(h),

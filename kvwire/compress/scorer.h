@@ -4,8 +4,11 @@
 // (fp32 [L][n_kv_heads][head_dim]) and post-RoPE queries of the last n_queries positions
 // (fp32 [n_queries][n_heads][head_dim]; h2o needs all L, the others spec.window). Scores are
 // per KV head, aggregated over the query heads of its group; the cache is never expanded.
+// The recon and gate scorers use caller-supplied scores (external_scores) instead; with merging
+// they still take the merge weights (log-scores) from the window queries.
 //
-// Thread-safety: pure; `pool` may be null. Errors: INVALID_ARGUMENT for inconsistent shapes.
+// Thread-safety: pure; `pool` may be null. Errors: INVALID_ARGUMENT for inconsistent shapes, and
+// for a recon or gate spec without external scores (or with non-finite ones).
 #ifndef KVWIRE_COMPRESS_SCORER_H_
 #define KVWIRE_COMPRESS_SCORER_H_
 
@@ -31,10 +34,14 @@ struct LayerInput {
   int64_t n_queries = 0;
   const float* wo = nullptr;       // fp32 [hidden][n_heads*head_dim]; needed by +critical
   int hidden = 0;
+  // fp32 [n_kv_heads][L] (head-major), finite, higher = keep: the score of the recon and gate
+  // scorers (e.g. one layer of compress::ReconScores); required by them, ignored by the others.
+  const float* external_scores = nullptr;
 
   kernels::StridedRows KeyRows(int kv_head) const;
   kernels::StridedRows ValueRows(int kv_head) const;
   absl::Status Validate(const CompressionSpec& spec) const;
+  absl::Status ValidateExternalScores(const CompressionSpec& spec) const;
 };
 
 // Per KV head, fp32 [L] each.

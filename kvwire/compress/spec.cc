@@ -13,7 +13,7 @@ absl::Status Bad(absl::string_view spec, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(
       "compression spec '", spec, "': ", why,
       " (expected SCORER[+critical]/ALLOCATOR[/merge[:zip|:guarded]] with SCORER in "
-      "window|h2o|snapkv|defensive and ALLOCATOR in uniform|adaptive|global)"));
+      "window|h2o|snapkv|defensive|recon|gate and ALLOCATOR in uniform|adaptive|global)"));
 }
 
 bool ParseScorer(absl::string_view s, ScorerKind* out) {
@@ -21,6 +21,8 @@ bool ParseScorer(absl::string_view s, ScorerKind* out) {
   else if (s == "h2o") *out = ScorerKind::kH2O;
   else if (s == "snapkv") *out = ScorerKind::kSnapKV;
   else if (s == "defensive") *out = ScorerKind::kDefensive;
+  else if (s == "recon") *out = ScorerKind::kRecon;
+  else if (s == "gate") *out = ScorerKind::kGate;
   else return false;
   return true;
 }
@@ -39,6 +41,8 @@ const char* ScorerName(ScorerKind k) {
     case ScorerKind::kH2O: return "h2o";
     case ScorerKind::kSnapKV: return "snapkv";
     case ScorerKind::kDefensive: return "defensive";
+    case ScorerKind::kRecon: return "recon";
+    case ScorerKind::kGate: return "gate";
   }
   return "?";
 }

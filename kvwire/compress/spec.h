@@ -1,9 +1,12 @@
 // kvwire/compress/spec.h — a compression recipe and its readable spelling.
 //
 // Grammar: SCORER[+critical]/ALLOCATOR[/merge[:zip|:guarded]]
-//   SCORER    window | h2o | snapkv | defensive
+//   SCORER    window | h2o | snapkv | defensive | recon | gate
 //   ALLOCATOR uniform | adaptive | global
 // e.g. "snapkv/uniform", "defensive+critical/adaptive/merge", "h2o/global/merge:zip".
+// `recon` and `gate` take their scores from outside the compressor (LayerInput::external_scores:
+// context-reconstruction attention, compress/recon.h, or a learned gate); merge weights still
+// come from the observation window's queries.
 // Parameters (sinks, observation window, thresholds) have ALGORITHMS.md's defaults and can be
 // changed on the struct. Thread-compatible value type.
 #ifndef KVWIRE_COMPRESS_SPEC_H_
@@ -21,7 +24,7 @@ namespace kvwire::compress {
 // (README, "Compression quality").
 inline constexpr char kDefaultMethod[] = "defensive/uniform/merge";
 
-enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive };
+enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive, kRecon, kGate };
 enum class AllocatorKind { kUniform, kAdaptive, kGlobal };
 enum class MergeMode { kNone, kGuarded, kZip };
 
@@ -45,6 +48,10 @@ struct CompressionSpec {
   std::string ToString() const;
   // How many trailing prompt positions' queries scoring needs (all of them for h2o).
   int64_t QueryRows(int64_t prompt_length) const;
+  // True for the scorers whose scores the caller supplies (recon, gate).
+  bool external_scores() const {
+    return scorer == ScorerKind::kRecon || scorer == ScorerKind::kGate;
+  }
   // INVALID_ARGUMENT for out-of-range parameters.
   absl::Status Validate() const;
 };
