@@ -38,19 +38,13 @@
 #include "bench/stats.h"
 #include "kvwire/base/status.h"
 #include "kvwire/compress/compressor.h"
+#include "kvwire/compress/gate.h"
 #include "kvwire/compress/recon.h"
 #include "kvwire/config.h"
 #include "prefill_node/compressing_prefill.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
 #include "runtime/tokenizer_gguf.h"
-
-#if __has_include("kvwire/compress/gate.h")
-#include "kvwire/compress/gate.h"
-#define KVWIRE_BENCH_HAVE_GATES 1
-#else
-#define KVWIRE_BENCH_HAVE_GATES 0
-#endif
 
 namespace kvwire::bench {
 namespace {
@@ -147,6 +141,7 @@ class QuestionBench {
     stop2_ = tok.im_end_id();
     return LoadGates(o.gates);
   }
+  bool has_gates() const { return gate_scorer_ != nullptr; }
 
   // Prefill, capture and external scores of an episode's document.
   absl::Status Load(const Episode& e) {
@@ -254,11 +249,6 @@ class QuestionBench {
     return GateLayer(pl, cost);
   }
 
-#if KVWIRE_BENCH_HAVE_GATES
- public:
-  bool has_gates() const { return gate_scorer_ != nullptr; }
-
- private:
   absl::Status LoadGates(const std::string& path) {
     if (path.empty()) return absl::OkStatus();
     KVWIRE_ASSIGN_OR_RETURN(gates_, compress::GateModel::Load(path));
@@ -277,18 +267,6 @@ class QuestionBench {
   }
   compress::GateModel gates_;
   std::unique_ptr<compress::GateScorer> gate_scorer_;
-#else
- public:
-  bool has_gates() const { return false; }
-
- private:
-  absl::Status LoadGates(const std::string& path) {
-    if (path.empty()) return absl::OkStatus();
-    return absl::FailedPreconditionError(
-        "--gates: this build has no learned gates (kvwire/compress/gate.h, library kvwire::gate)");
-  }
-  absl::Status GateLayer(const runtime::PrefillLayer&, Cost*) { return absl::OkStatus(); }
-#endif
 
   const runtime::Model& model_;
   const runtime::ModelConfig& cfg_;

@@ -157,27 +157,35 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
   result.prefill_seconds = SecondsSince(start) - result.compress_seconds - result.sink_seconds;
   if (streaming) return result;
 
-  const auto held_start = Clock::now();
+  KVWIRE_RETURN_IF_ERROR(CompressHeld(prompt, compressor, recon, &full, &held, sink, &result));
+  return result;
+}
+
+absl::Status CompressingPrefill::CompressHeld(absl::Span<const int32_t> prompt,
+                                              const compress::Compressor& compressor, bool recon,
+                                              cache::KvCache* full, std::vector<HeldLayer>* held,
+                                              const LayerSink& sink, PrefillResult* result) {
+  const auto start = Clock::now();
   if (recon) {
     std::vector<std::vector<float>> scores;
-    KVWIRE_RETURN_IF_ERROR(ReconScore(prompt, &full, &scores));
-    result.external_score_seconds += SecondsSince(held_start);
-    for (size_t l = 0; l < held.size(); ++l) {
-      held[l].scores = std::move(scores[l]);
-      held[l].input.external_scores = held[l].scores.data();
+    KVWIRE_RETURN_IF_ERROR(ReconScore(prompt, full, &scores));
+    result->external_score_seconds += SecondsSince(start);
+    for (size_t l = 0; l < held->size(); ++l) {
+      (*held)[l].scores = std::move(scores[l]);
+      (*held)[l].input.external_scores = (*held)[l].scores.data();
     }
   }
   std::vector<compress::LayerInput> inputs;
-  for (const HeldLayer& h : held) inputs.push_back(h.input);
+  for (const HeldLayer& h : *held) inputs.push_back(h.input);
   std::vector<compress::LayerStats> stats;
   KVWIRE_ASSIGN_OR_RETURN(std::vector<cache::LayerCache> layers,
                           compressor.CompressAll(inputs, runner_->pool(), &stats));
-  result.compress_seconds += SecondsSince(held_start);
+  result->compress_seconds += SecondsSince(start);
   for (size_t l = 0; l < layers.size(); ++l) {
-    result.kept_entries += stats[l].kept;
+    result->kept_entries += stats[l].kept;
     KVWIRE_RETURN_IF_ERROR(sink(static_cast<int>(l), std::move(layers[l]), stats[l]));
   }
-  return result;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<cache::KvCache> CompressingPrefill::CompressPrompt(

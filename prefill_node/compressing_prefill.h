@@ -86,6 +86,12 @@ class CompressingPrefill {
                  std::vector<float> scores);
   compress::LayerInput Input(const runtime::PrefillLayer& pl, bool critical);
   absl::StatusOr<std::vector<float>> GateScores(const runtime::PrefillLayer& pl);
+  // After the prefill, when not streaming: scores by reconstruction (if `recon`), compresses
+  // every held layer and sinks them.
+  absl::Status CompressHeld(absl::Span<const int32_t> prompt,
+                            const compress::Compressor& compressor, bool recon,
+                            cache::KvCache* full, std::vector<HeldLayer>* held,
+                            const LayerSink& sink, PrefillResult* result);
   // The prompt's full cache scored by reconstruction: fills `scores` (per layer
   // fp32 [n_kv_heads][L]).
   absl::Status ReconScore(absl::Span<const int32_t> prompt, cache::KvCache* full,
