@@ -1,6 +1,6 @@
 // kvwire/compress/spec.h — a compression recipe and its readable spelling.
 //
-// Grammar: SCORER[+critical]/ALLOCATOR[/merge[:zip|:guarded]]
+// Grammar: SCORER[+critical][+recent[=SHARE]]/ALLOCATOR[/merge[:zip|:guarded]]
 //   SCORER    window | h2o | snapkv | defensive
 //   ALLOCATOR uniform | adaptive | global
 // e.g. "snapkv/uniform", "defensive+critical/adaptive/merge", "h2o/global/merge:zip".
@@ -19,6 +19,7 @@ namespace kvwire::compress {
 
 // The method kvwire uses when nobody asks for another: chosen from the fidelity benchmark
 // (README, "Compression quality").
+inline constexpr float kDefaultRecentShare = 0.5f;
 inline constexpr char kDefaultMethod[] = "defensive/uniform/merge";
 
 enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive };
@@ -28,6 +29,9 @@ enum class MergeMode { kNone, kGuarded, kZip };
 struct CompressionSpec {
   ScorerKind scorer = ScorerKind::kSnapKV;
   bool critical = false;  // value-aware two-stage selection on top of the scorer
+  // +recent: share of each head's budget given to the most recent positions (the forced window
+  // grows to max(window, recent_share * budget)); the rest is chosen by score. 0 = off.
+  float recent_share = 0.0f;
   AllocatorKind allocator = AllocatorKind::kUniform;
   MergeMode merge = MergeMode::kNone;
 
