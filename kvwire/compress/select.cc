@@ -37,8 +37,8 @@ std::vector<float> WithForced(const CompressionSpec& spec, const std::vector<flo
 
 // Scores of several heads in one array, position-major (entry i of head h at i * H + h), forced
 // entries at +inf. Position-major order makes exact ties spread evenly over the heads.
-std::vector<float> Interleave(const CompressionSpec& spec,
-                              absl::Span<const HeadScores* const> heads, int64_t L, int64_t B) {
+std::vector<float> Interleave(const CompressionSpec& spec, absl::Span<const HeadScores* const> heads,
+                              int64_t L, int64_t B) {
   const size_t H = heads.size();
   std::vector<float> all(H * L);
   for (size_t h = 0; h < H; ++h) {
@@ -56,8 +56,7 @@ std::vector<float> Interleave(const CompressionSpec& spec, absl::Span<const Head
 }
 
 // Moves budgets by one until they sum to `total`, respecting [lo_h, L]; largest heads give first.
-void FixSum(std::vector<int64_t>& budgets, const std::vector<int64_t>& lo, int64_t L,
-            int64_t total) {
+void FixSum(std::vector<int64_t>& budgets, const std::vector<int64_t>& lo, int64_t L, int64_t total) {
   int64_t sum = std::accumulate(budgets.begin(), budgets.end(), int64_t{0});
   while (sum != total) {
     int best = -1;
@@ -86,8 +85,8 @@ ForcedRange Forced(const CompressionSpec& spec, int64_t L, int64_t budget) {
   ForcedRange f;
   f.sinks = std::min<int64_t>({spec.sinks, budget, L});
   const auto recent = static_cast<int64_t>(std::llround(spec.recent_share * budget));
-  f.window = std::clamp<int64_t>(
-      std::min<int64_t>(std::max<int64_t>(spec.window, recent), budget - f.sinks), 0, L - f.sinks);
+  f.window = std::clamp<int64_t>(std::min<int64_t>(std::max<int64_t>(spec.window, recent), budget - f.sinks),
+                                 0, L - f.sinks);
   return f;
 }
 
@@ -109,9 +108,9 @@ std::vector<int64_t> AllocateAdaptive(const CompressionSpec& spec,
   return budgets;
 }
 
-std::vector<std::vector<int64_t>> AllocateGlobal(const CompressionSpec& spec,
-                                                 absl::Span<const std::vector<HeadScores>> layers,
-                                                 int64_t L, int64_t B) {
+std::vector<std::vector<int64_t>> AllocateGlobal(
+    const CompressionSpec& spec, absl::Span<const std::vector<HeadScores>> layers, int64_t L,
+    int64_t B) {
   std::vector<const HeadScores*> flat_heads;
   for (const auto& layer : layers) {
     for (const HeadScores& h : layer) flat_heads.push_back(&h);
@@ -156,8 +155,8 @@ std::vector<int32_t> SelectHead(const CompressionSpec& spec, const HeadScores& s
     for (int32_t i : TopK(rest, scores.score, free)) keep.push_back(i);
   } else {
     // Stage 1: alpha * budget by base score (forced entries count towards it).
-    const int64_t stage1 =
-        std::clamp<int64_t>(std::llround(spec.critical_alpha * budget) - forced.count(), 0, free);
+    const int64_t stage1 = std::clamp<int64_t>(
+        std::llround(spec.critical_alpha * budget) - forced.count(), 0, free);
     std::vector<int32_t> first = TopK(rest, scores.score, stage1);
     std::vector<bool> taken(L, false);
     for (int32_t i : first) taken[i] = true, keep.push_back(i);
@@ -166,8 +165,7 @@ std::vector<int32_t> SelectHead(const CompressionSpec& spec, const HeadScores& s
       if (!taken[i]) remaining.push_back(i);
     }
     std::vector<float> value_aware(L);
-    for (int64_t i = 0; i < L; ++i)
-      value_aware[i] = (scores.score[i] + 1e-4f) * scores.value_norm[i];
+    for (int64_t i = 0; i < L; ++i) value_aware[i] = (scores.score[i] + 1e-4f) * scores.value_norm[i];
     for (int32_t i : TopK(remaining, value_aware, free - stage1)) keep.push_back(i);
   }
   std::sort(keep.begin(), keep.end());

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "kvwire/base/status.h"
@@ -13,61 +13,44 @@ namespace kvwire::compress {
 namespace {
 
 absl::Status Bad(absl::string_view spec, absl::string_view why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("compression spec '", spec, "': ", why,
-                   " (expected SCORER[+critical][+recent[=SHARE]]/ALLOCATOR[/merge[:zip|:guarded]] "
-                   "with SCORER in "
-                   "window|h2o|snapkv|defensive and ALLOCATOR in uniform|adaptive|global)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "compression spec '", spec, "': ", why,
+      " (expected SCORER[+critical][+recent[=SHARE]]/ALLOCATOR[/merge[:zip|:guarded]] with SCORER in "
+      "window|h2o|snapkv|defensive and ALLOCATOR in uniform|adaptive|global)"));
 }
 
 bool ParseScorer(absl::string_view s, ScorerKind* out) {
-  if (s == "window")
-    *out = ScorerKind::kWindow;
-  else if (s == "h2o")
-    *out = ScorerKind::kH2O;
-  else if (s == "snapkv")
-    *out = ScorerKind::kSnapKV;
-  else if (s == "defensive")
-    *out = ScorerKind::kDefensive;
-  else
-    return false;
+  if (s == "window") *out = ScorerKind::kWindow;
+  else if (s == "h2o") *out = ScorerKind::kH2O;
+  else if (s == "snapkv") *out = ScorerKind::kSnapKV;
+  else if (s == "defensive") *out = ScorerKind::kDefensive;
+  else return false;
   return true;
 }
 
 bool ParseAllocator(absl::string_view s, AllocatorKind* out) {
-  if (s == "uniform")
-    *out = AllocatorKind::kUniform;
-  else if (s == "adaptive")
-    *out = AllocatorKind::kAdaptive;
-  else if (s == "global")
-    *out = AllocatorKind::kGlobal;
-  else
-    return false;
+  if (s == "uniform") *out = AllocatorKind::kUniform;
+  else if (s == "adaptive") *out = AllocatorKind::kAdaptive;
+  else if (s == "global") *out = AllocatorKind::kGlobal;
+  else return false;
   return true;
 }
 
 const char* ScorerName(ScorerKind k) {
   switch (k) {
-    case ScorerKind::kWindow:
-      return "window";
-    case ScorerKind::kH2O:
-      return "h2o";
-    case ScorerKind::kSnapKV:
-      return "snapkv";
-    case ScorerKind::kDefensive:
-      return "defensive";
+    case ScorerKind::kWindow: return "window";
+    case ScorerKind::kH2O: return "h2o";
+    case ScorerKind::kSnapKV: return "snapkv";
+    case ScorerKind::kDefensive: return "defensive";
   }
   return "?";
 }
 
 const char* AllocatorName(AllocatorKind k) {
   switch (k) {
-    case AllocatorKind::kUniform:
-      return "uniform";
-    case AllocatorKind::kAdaptive:
-      return "adaptive";
-    case AllocatorKind::kGlobal:
-      return "global";
+    case AllocatorKind::kUniform: return "uniform";
+    case AllocatorKind::kAdaptive: return "adaptive";
+    case AllocatorKind::kGlobal: return "global";
   }
   return "?";
 }
@@ -98,8 +81,7 @@ absl::StatusOr<CompressionSpec> CompressionSpec::Parse(absl::string_view text) {
   if (parts.size() < 2 || parts.size() > 3) return Bad(text, "needs 2 or 3 '/'-separated parts");
   CompressionSpec spec;
   const std::vector<absl::string_view> scorer = absl::StrSplit(parts[0], '+');
-  if (!ParseScorer(scorer[0], &spec.scorer))
-    return Bad(text, absl::StrCat("unknown scorer '", scorer[0], "'"));
+  if (!ParseScorer(scorer[0], &spec.scorer)) return Bad(text, absl::StrCat("unknown scorer '", scorer[0], "'"));
   for (size_t i = 1; i < scorer.size(); ++i) {
     KVWIRE_RETURN_IF_ERROR(ParseModifier(text, scorer[i], &spec));
   }
@@ -107,22 +89,17 @@ absl::StatusOr<CompressionSpec> CompressionSpec::Parse(absl::string_view text) {
     return Bad(text, absl::StrCat("unknown allocator '", parts[1], "'"));
   }
   if (parts.size() == 3) {
-    if (parts[2] == "merge" || parts[2] == "merge:guarded")
-      spec.merge = MergeMode::kGuarded;
-    else if (parts[2] == "merge:zip")
-      spec.merge = MergeMode::kZip;
-    else
-      return Bad(text, absl::StrCat("unknown third part '", parts[2], "'"));
+    if (parts[2] == "merge" || parts[2] == "merge:guarded") spec.merge = MergeMode::kGuarded;
+    else if (parts[2] == "merge:zip") spec.merge = MergeMode::kZip;
+    else return Bad(text, absl::StrCat("unknown third part '", parts[2], "'"));
   }
   return spec;
 }
 
 std::string CompressionSpec::ToString() const {
   std::string s = absl::StrCat(ScorerName(scorer), critical ? "+critical" : "");
-  if (recent_share == kDefaultRecentShare)
-    absl::StrAppend(&s, "+recent");
-  else if (recent_share > 0)
-    absl::StrAppend(&s, "+recent=", recent_share);
+  if (recent_share == kDefaultRecentShare) absl::StrAppend(&s, "+recent");
+  else if (recent_share > 0) absl::StrAppend(&s, "+recent=", recent_share);
   absl::StrAppend(&s, "/", AllocatorName(allocator));
   if (merge == MergeMode::kGuarded) absl::StrAppend(&s, "/merge");
   if (merge == MergeMode::kZip) absl::StrAppend(&s, "/merge:zip");
@@ -137,13 +114,10 @@ int64_t CompressionSpec::QueryRows(int64_t prompt_length) const {
 absl::Status CompressionSpec::Validate() const {
   if (sinks < 0 || window < 1) return absl::InvalidArgumentError("sinks must be >= 0, window >= 1");
   if (!(recent_share >= 0 && recent_share <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("recent_share must be in [0, 1], got ", recent_share));
+    return absl::InvalidArgumentError(absl::StrCat("recent_share must be in [0, 1], got ", recent_share));
   }
-  if (pool_kernel < 1 || pool_kernel % 2 == 0)
-    return absl::InvalidArgumentError("pool_kernel must be odd");
-  if (!(critical_alpha >= 0 && critical_alpha <= 1) ||
-      !(adaptive_floor >= 0 && adaptive_floor <= 1)) {
+  if (pool_kernel < 1 || pool_kernel % 2 == 0) return absl::InvalidArgumentError("pool_kernel must be odd");
+  if (!(critical_alpha >= 0 && critical_alpha <= 1) || !(adaptive_floor >= 0 && adaptive_floor <= 1)) {
     return absl::InvalidArgumentError("critical_alpha and adaptive_floor must be in [0, 1]");
   }
   if (!(merge_threshold >= -1 && merge_threshold <= 1)) {

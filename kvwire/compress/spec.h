@@ -17,9 +17,11 @@
 
 namespace kvwire::compress {
 
+// "+recent" without a share gives the most recent positions half of each head's budget.
+inline constexpr float kDefaultRecentShare = 0.5f;
+
 // The method kvwire uses when nobody asks for another: chosen from the fidelity benchmark
 // (README, "Compression quality").
-inline constexpr float kDefaultRecentShare = 0.5f;
 inline constexpr char kDefaultMethod[] = "defensive/uniform/merge";
 
 enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive };
