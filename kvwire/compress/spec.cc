@@ -55,16 +55,20 @@ const char* AllocatorName(AllocatorKind k) {
   return "?";
 }
 
-// "+critical", "+recent" (share kDefaultRecentShare) or "+recent=SHARE", each at most once.
+// "+critical", "+recent" (share by budget) or "+recent=SHARE", each at most once.
 absl::Status ParseModifier(absl::string_view text, absl::string_view word, CompressionSpec* spec) {
   if (word == "critical" && !spec->critical) {
     spec->critical = true;
     return absl::OkStatus();
   }
-  if (absl::ConsumePrefix(&word, "recent") && spec->recent_share == 0.0f) {
-    float share = kDefaultRecentShare;
-    if (!word.empty() && (!absl::ConsumePrefix(&word, "=") || !absl::SimpleAtof(word, &share) ||
-                          !(share > 0.0f && share <= 1.0f))) {
+  if (absl::ConsumePrefix(&word, "recent") && spec->recent_share == 0.0f && !spec->recent_by_budget) {
+    if (word.empty()) {
+      spec->recent_by_budget = true;
+      return absl::OkStatus();
+    }
+    float share = 0;
+    if (!absl::ConsumePrefix(&word, "=") || !absl::SimpleAtof(word, &share) ||
+        !(share > 0.0f && share <= 1.0f)) {
       return Bad(text, "'+recent=SHARE' needs a share in (0, 1]");
     }
     spec->recent_share = share;
@@ -98,7 +102,7 @@ absl::StatusOr<CompressionSpec> CompressionSpec::Parse(absl::string_view text) {
 
 std::string CompressionSpec::ToString() const {
   std::string s = absl::StrCat(ScorerName(scorer), critical ? "+critical" : "");
-  if (recent_share == kDefaultRecentShare) absl::StrAppend(&s, "+recent");
+  if (recent_by_budget) absl::StrAppend(&s, "+recent");
   else if (recent_share > 0) absl::StrAppend(&s, "+recent=", recent_share);
   absl::StrAppend(&s, "/", AllocatorName(allocator));
   if (merge == MergeMode::kGuarded) absl::StrAppend(&s, "/merge");
@@ -109,6 +113,11 @@ std::string CompressionSpec::ToString() const {
 int64_t CompressionSpec::QueryRows(int64_t prompt_length) const {
   if (scorer == ScorerKind::kH2O) return prompt_length;
   return std::min<int64_t>(window, prompt_length);
+}
+
+float CompressionSpec::RecentShareFor(double kept_fraction) const {
+  if (!recent_by_budget) return recent_share;
+  return static_cast<float>(std::clamp(1.0 - 2.0 * kept_fraction, 0.5, 0.9));
 }
 
 absl::Status CompressionSpec::Validate() const {

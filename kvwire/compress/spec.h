@@ -17,9 +17,6 @@
 
 namespace kvwire::compress {
 
-// "+recent" without a share gives the most recent positions half of each head's budget.
-inline constexpr float kDefaultRecentShare = 0.5f;
-
 // The method kvwire uses when nobody asks for another: chosen from the fidelity benchmark
 // (README, "Compression quality").
 inline constexpr char kDefaultMethod[] = "defensive/uniform/merge";
@@ -31,9 +28,11 @@ enum class MergeMode { kNone, kGuarded, kZip };
 struct CompressionSpec {
   ScorerKind scorer = ScorerKind::kSnapKV;
   bool critical = false;  // value-aware two-stage selection on top of the scorer
-  // +recent: share of each head's budget given to the most recent positions (the forced window
-  // grows to max(window, recent_share * budget)); the rest is chosen by score. 0 = off.
+  // +recent=SHARE: share of each head's budget given to the most recent positions (the forced
+  // window grows to max(window, share * budget)); the rest is chosen by score. 0 = off.
+  // +recent alone: the share follows the kept fraction b, RecentShareFor(b).
   float recent_share = 0.0f;
+  bool recent_by_budget = false;
   AllocatorKind allocator = AllocatorKind::kUniform;
   MergeMode merge = MergeMode::kNone;
 
@@ -51,6 +50,9 @@ struct CompressionSpec {
   std::string ToString() const;
   // How many trailing prompt positions' queries scoring needs (all of them for h2o).
   int64_t QueryRows(int64_t prompt_length) const;
+  // The recency share for kept fraction b: fixed, or clamp(1 - 2b, 0.5, 0.9) with `+recent`
+  // (tight budgets are spent mostly on recent context; larger ones on scored entries).
+  float RecentShareFor(double kept_fraction) const;
   // INVALID_ARGUMENT for out-of-range parameters.
   absl::Status Validate() const;
 };

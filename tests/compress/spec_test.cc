@@ -24,7 +24,7 @@ TEST(CompressionSpec, RejectsUnknownPartsWithClearMessages) {
        {"", "snapkv", "snapkv/", "magic/uniform", "snapkv+fast/uniform", "snapkv/greedy",
         "snapkv/uniform/squash", "a/b/c/d", "snapkv+critical+critical/uniform",
         "snapkv+recent=0/uniform", "snapkv+recent=1.5/uniform", "snapkv+recent=x/uniform",
-        "snapkv+recent+recent/uniform", "snapkv+recently/uniform"}) {
+        "snapkv+recent+recent/uniform", "snapkv+recent=0.5+recent/uniform", "snapkv+recently/uniform"}) {
     auto spec = CompressionSpec::Parse(text);
     ASSERT_FALSE(spec.ok()) << text;
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
@@ -52,6 +52,8 @@ TEST(CompressionSpec, ValidatesParameters) {
   EXPECT_FALSE(s.Validate().ok());
   EXPECT_TRUE(CompressionSpec{}.Validate().ok());
   EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent=0.3/uniform")->recent_share, 0.3f);
+  EXPECT_TRUE(CompressionSpec::Parse("defensive+recent/uniform")->recent_by_budget);
+  EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent/uniform")->RecentShareFor(0.1), 0.8f);
 }
 
 }  // namespace
