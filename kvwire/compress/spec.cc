@@ -117,7 +117,7 @@ int64_t CompressionSpec::QueryRows(int64_t prompt_length) const {
 
 float CompressionSpec::RecentShareFor(double kept_fraction) const {
   if (!recent_by_budget) return recent_share;
-  return static_cast<float>(std::clamp(1.0 - 2.0 * kept_fraction, 0.5, 0.9));
+  return static_cast<float>(std::clamp(1.2 - 3.0 * kept_fraction, 0.5, 0.9));
 }
 
 absl::Status CompressionSpec::Validate() const {

@@ -50,7 +50,7 @@ struct CompressionSpec {
   std::string ToString() const;
   // How many trailing prompt positions' queries scoring needs (all of them for h2o).
   int64_t QueryRows(int64_t prompt_length) const;
-  // The recency share for kept fraction b: fixed, or clamp(1 - 2b, 0.5, 0.9) with `+recent`
+  // The recency share for kept fraction b: fixed, or clamp(1.2 - 3b, 0.5, 0.9) with `+recent`
   // (tight budgets are spent mostly on recent context; larger ones on scored entries).
   float RecentShareFor(double kept_fraction) const;
   // INVALID_ARGUMENT for out-of-range parameters.

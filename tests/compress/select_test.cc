@@ -60,10 +60,10 @@ TEST(SelectHead, RecentShareWidensTheForcedWindow) {
     EXPECT_TRUE(std::binary_search(keep.begin(), keep.end(), i)) << i;
   EXPECT_TRUE(std::binary_search(keep.begin(), keep.end(), 10));
   EXPECT_EQ(Forced(spec, 1000, 100).window, 50);
-  // "+recent": 0.9 of a 5 % budget, 0.6 of a 20 % one, never below half.
+  // "+recent": 0.9 of a 10 % budget, 0.6 of a 20 % one, never below half.
   spec.recent_share = 0;
   spec.recent_by_budget = true;
-  EXPECT_EQ(Forced(spec, 1000, 50).window, 45);
+  EXPECT_EQ(Forced(spec, 1000, 100).window, 90);
   EXPECT_EQ(Forced(spec, 1000, 200).window, 120);
   EXPECT_EQ(Forced(spec, 1000, 500).window, 250);
   spec.recent_by_budget = false;
