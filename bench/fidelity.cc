@@ -6,6 +6,8 @@
 //   kl, top1_agreement  teacher-forced continuation of --continuation tokens over the compressed
 //                       cache vs the full cache: mean KL(full || compressed) per token, and the
 //                       share of positions where the argmax agrees;
+//   top1_accuracy       share of continuation positions whose argmax is the text's actual next
+//                       token, next to the uncompressed cache's own accuracy (full_top1_accuracy);
 //   attn_rel_err        per layer, the continuation's queries (taken from the full run) attend
 //                       over the compressed prompt cache vs the full one: ||o_c - o_f|| / ||o_f||
 //                       (32 evenly spaced continuation queries);
@@ -68,7 +70,7 @@ struct Capture {
 };
 
 struct Score {
-  double kl = 0, top1 = 0, attn = 0;
+  double kl = 0, top1 = 0, accuracy = 0, attn = 0;
   int retrieved = 0;
   std::vector<double> attn_per_layer;
 };
@@ -203,10 +205,17 @@ void LogSoftmax(const float* x, int64_t n, std::vector<double>* out) {
   for (int64_t i = 0; i < n; ++i) (*out)[i] = x[i] - lse;
 }
 
-// Mean KL(full || comp) and top-1 agreement over T rows of [T][V] logits.
-std::pair<double, double> CompareLogits(const std::vector<float>& full, const std::vector<float>& comp,
-                                        int64_t T, int64_t V) {
-  double kl = 0, agree = 0;
+struct LogitComparison {
+  double kl = 0;        // mean KL(full || comp) per row
+  double agreement = 0;  // share of rows whose argmax agrees
+  double accuracy = 0;   // share of rows t < T-1 whose compressed argmax is next[t + 1]
+};
+
+// Compares T rows of [T][V] logits; `next` holds the T teacher-forced tokens.
+LogitComparison CompareLogits(const std::vector<float>& full, const std::vector<float>& comp,
+                              absl::Span<const int32_t> next, int64_t V) {
+  const int64_t T = static_cast<int64_t>(next.size());
+  LogitComparison r;
   std::vector<double> lf, lc;
   for (int64_t t = 0; t < T; ++t) {
     const float* f = full.data() + t * V;
@@ -215,10 +224,15 @@ std::pair<double, double> CompareLogits(const std::vector<float>& full, const st
     LogSoftmax(c, V, &lc);
     double k = 0;
     for (int64_t i = 0; i < V; ++i) k += std::exp(lf[i]) * (lf[i] - lc[i]);
-    kl += std::max(0.0, k);
-    agree += (std::max_element(f, f + V) - f) == (std::max_element(c, c + V) - c);
+    r.kl += std::max(0.0, k);
+    const int64_t arg_c = std::max_element(c, c + V) - c;
+    r.agreement += (std::max_element(f, f + V) - f) == arg_c;
+    if (t + 1 < T) r.accuracy += arg_c == next[t + 1];
   }
-  return {kl / T, agree / T};
+  r.kl /= T;
+  r.agreement /= T;
+  r.accuracy /= std::max<int64_t>(1, T - 1);
+  return r;
 }
 
 struct Config {
@@ -246,12 +260,14 @@ std::string ChatPrompt(const runtime::Tokenizer& tok, const std::string& user) {
   return *tok.ApplyChatTemplate({&turn, 1}, true);
 }
 
-absl::Status EvaluateContinuations(const FidelityOptions& o, Evaluator& ev, const runtime::Tokenizer& tok,
-                                   const std::string& corpus, std::vector<Config>& configs,
-                                   std::vector<Score>& scores) {
+// Returns the uncompressed cache's top-1 accuracy on the continuations.
+absl::StatusOr<double> EvaluateContinuations(const FidelityOptions& o, Evaluator& ev,
+                                             const runtime::Tokenizer& tok, const std::string& corpus,
+                                             std::vector<Config>& configs, std::vector<Score>& scores) {
   const std::vector<int32_t> all = tok.Encode(corpus);
   std::mt19937 rng(o.seed);
   int n_contexts = 0;
+  double full_accuracy = 0;
   for (absl::string_view cs : absl::StrSplit(o.contexts, ',')) {
     int64_t L = 0;
     if (!absl::SimpleAtoi(cs, &L) || L < 64) return absl::InvalidArgumentError("bad --contexts");
@@ -267,30 +283,34 @@ absl::Status EvaluateContinuations(const FidelityOptions& o, Evaluator& ev, cons
     std::vector<std::vector<float>> cont_q;
     KVWIRE_ASSIGN_OR_RETURN(std::vector<float> full_logits, ev.Continue(full, cont, &cont_q));
     const int64_t V = ev.config().vocab_size;
+    full_accuracy += CompareLogits(full_logits, full_logits, cont, V).accuracy;
     for (size_t i = 0; i < configs.size(); ++i) {
       KVWIRE_ASSIGN_OR_RETURN(cache::KvCache comp, ev.Compress(cap, *configs[i].compressor));
       KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, ev.Continue(comp, cont, nullptr));
-      const auto [kl, top1] = CompareLogits(full_logits, logits, T, V);
+      const LogitComparison cmp = CompareLogits(full_logits, logits, cont, V);
       Score& s = scores[i];
-      s.kl += kl;
-      s.top1 += top1;
+      s.kl += cmp.kl;
+      s.top1 += cmp.agreement;
+      s.accuracy += cmp.accuracy;
       s.attn_per_layer.resize(ev.config().n_layers, 0.0);
       for (int l = 0; l < ev.config().n_layers; ++l) {
         s.attn_per_layer[l] += ev.AttentionError(full.layers[l], comp.layers[l], cont_q[l], T);
       }
-      std::fprintf(stderr, "fidelity: context %d  %-36s b=%.2f  kl=%.4f top1=%.3f\n", n_contexts,
-                   configs[i].method.c_str(), configs[i].budget, kl, top1);
+      std::fprintf(stderr, "fidelity: context %d  %-36s b=%.2f  kl=%.4f top1=%.3f acc=%.3f\n",
+                   n_contexts, configs[i].method.c_str(), configs[i].budget, cmp.kl, cmp.agreement,
+                   cmp.accuracy);
     }
     ++n_contexts;
   }
   for (Score& s : scores) {
     s.kl /= n_contexts;
     s.top1 /= n_contexts;
+    s.accuracy /= n_contexts;
     double sum = 0;
     for (double& a : s.attn_per_layer) sum += (a /= n_contexts);
     s.attn = sum / s.attn_per_layer.size();
   }
-  return absl::OkStatus();
+  return full_accuracy / n_contexts;
 }
 
 bool Contains(const std::string& answer, const std::string& expected) {
@@ -327,11 +347,12 @@ absl::StatusOr<int> EvaluateRetrieval(const FidelityOptions& o, Evaluator& ev,
 }
 
 void WriteJson(const FidelityOptions& o, const std::vector<Config>& configs,
-               const std::vector<Score>& scores, int full_correct, int tasks) {
+               const std::vector<Score>& scores, double full_accuracy, int full_correct, int tasks) {
   std::ofstream out(o.json);
   out << "{\n  \"default_method\": \"" << compress::kDefaultMethod << "\",\n"
       << "  \"model\": \"" << o.model << "\",\n  \"corpus\": \"" << o.corpus << "\",\n"
       << "  \"contexts\": \"" << o.contexts << "\",\n  \"continuation_tokens\": " << o.continuation
+      << ",\n  \"full_top1_accuracy\": " << absl::StrFormat("%.5f", full_accuracy)
       << ",\n  \"retrieval_tasks\": " << tasks << ",\n  \"retrieval_full_correct\": " << full_correct
       << ",\n  \"results\": [\n";
   for (size_t i = 0; i < configs.size(); ++i) {
@@ -344,9 +365,9 @@ void WriteJson(const FidelityOptions& o, const std::vector<Config>& configs,
         full_correct > 0 ? absl::StrFormat("%.4f", static_cast<double>(s.retrieved) / full_correct) : "null";
     out << absl::StrFormat(
         "    {\"method\": \"%s\", \"budget\": %.3f, \"kl\": %.6f, \"top1_agreement\": %.5f, "
-        "\"retrieval_rel\": %s, \"retrieved\": %d, \"attn_rel_err\": %.6f, "
+        "\"top1_accuracy\": %.5f, \"retrieval_rel\": %s, \"retrieved\": %d, \"attn_rel_err\": %.6f, "
         "\"attn_rel_err_per_layer\": [%s]}%s\n",
-        configs[i].method, configs[i].budget, s.kl, s.top1, retrieval, s.retrieved, s.attn, layers,
+        configs[i].method, configs[i].budget, s.kl, s.top1, s.accuracy, retrieval, s.retrieved, s.attn, layers,
         i + 1 < configs.size() ? "," : "");
   }
   out << "  ]\n}\n";
@@ -368,28 +389,31 @@ int RunFidelity(const FidelityOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   Evaluator ev(**model, o);
   std::vector<Score> scores(configs->size());
-  if (auto s = EvaluateContinuations(o, ev, **tok, *corpus, *configs, scores); !s.ok()) return fail(s);
+  auto full_accuracy = EvaluateContinuations(o, ev, **tok, *corpus, *configs, scores);
+  if (!full_accuracy.ok()) return fail(full_accuracy.status());
   auto full_correct = EvaluateRetrieval(o, ev, **tok, *corpus, *configs, scores);
   if (!full_correct.ok()) return fail(full_correct.status());
   const int tasks = 2 * o.retrieval_tasks;
-  std::printf("%-36s %6s %9s %7s %9s %9s\n", "method", "budget", "kl", "top1", "retrieval", "attn_err");
+  std::printf("%-36s %6s %9s %7s %7s %9s %9s\n", "method", "budget", "kl", "top1", "acc", "retrieval",
+              "attn_err");
   for (size_t i = 0; i < configs->size(); ++i) {
     const Score& s = scores[i];
-    std::printf("%-36s %6.2f %9.4f %7.3f %9s %9.4f\n", (*configs)[i].method.c_str(), (*configs)[i].budget,
-                s.kl, s.top1,
+    std::printf("%-36s %6.2f %9.4f %7.3f %7.3f %9s %9.4f\n", (*configs)[i].method.c_str(),
+                (*configs)[i].budget, s.kl, s.top1, s.accuracy,
                 *full_correct > 0 ? absl::StrFormat("%.2f", static_cast<double>(s.retrieved) / *full_correct).c_str() : "n/a",
                 s.attn);
   }
-  if (!o.json.empty()) WriteJson(o, *configs, scores, *full_correct, tasks);
+  if (!o.json.empty()) WriteJson(o, *configs, scores, *full_accuracy, *full_correct, tasks);
   if (!o.plot.empty() && !o.json.empty()) {
     const std::string cmd = absl::StrCat(KVWIRE_SOURCE_DIR "/.venv/bin/python ", KVWIRE_SOURCE_DIR,
                                          "/bench/plot_fidelity.py ", o.json, " ", o.plot);
     if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "fidelity: plotting failed (%s)\n", cmd.c_str());
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("fidelity: %zu configurations, contexts %s tokens, %d continuation tokens, %d retrieval "
-              "tasks (%d answered with the full cache), %.0f s\n",
-              configs->size(), o.contexts.c_str(), o.continuation, tasks, *full_correct, secs);
+  std::printf("fidelity: %zu configurations, contexts %s tokens, %d continuation tokens (uncompressed "
+              "top-1 accuracy %.3f), %d retrieval tasks (%d answered with the full cache), %.0f s\n",
+              configs->size(), o.contexts.c_str(), o.continuation, *full_accuracy, tasks,
+              *full_correct, secs);
   return 0;
 }
 

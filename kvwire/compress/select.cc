@@ -84,7 +84,10 @@ int64_t HeadBudget(float kept_fraction, int64_t L) {
 ForcedRange Forced(const CompressionSpec& spec, int64_t L, int64_t budget) {
   ForcedRange f;
   f.sinks = std::min<int64_t>({spec.sinks, budget, L});
-  f.window = std::clamp<int64_t>(std::min<int64_t>(spec.window, budget - f.sinks), 0, L - f.sinks);
+  const double share = spec.RecentShareFor(L > 0 ? static_cast<double>(budget) / L : 1.0);
+  const auto recent = static_cast<int64_t>(std::llround(share * budget));
+  f.window = std::clamp<int64_t>(std::min<int64_t>(std::max<int64_t>(spec.window, recent), budget - f.sinks),
+                                 0, L - f.sinks);
   return f;
 }
 

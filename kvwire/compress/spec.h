@@ -1,6 +1,6 @@
 // kvwire/compress/spec.h — a compression recipe and its readable spelling.
 //
-// Grammar: SCORER[+critical]/ALLOCATOR[/merge[:zip|:guarded]]
+// Grammar: SCORER[+critical][+recent[=SHARE]]/ALLOCATOR[/merge[:zip|:guarded]]
 //   SCORER    window | h2o | snapkv | defensive | recon | gate
 //   ALLOCATOR uniform | adaptive | global
 // e.g. "snapkv/uniform", "defensive+critical/adaptive/merge", "h2o/global/merge:zip".
@@ -31,6 +31,11 @@ enum class MergeMode { kNone, kGuarded, kZip };
 struct CompressionSpec {
   ScorerKind scorer = ScorerKind::kSnapKV;
   bool critical = false;  // value-aware two-stage selection on top of the scorer
+  // +recent=SHARE: share of each head's budget given to the most recent positions (the forced
+  // window grows to max(window, share * budget)); the rest is chosen by score. 0 = off.
+  // +recent alone: the share follows the kept fraction b, RecentShareFor(b).
+  float recent_share = 0.0f;
+  bool recent_by_budget = false;
   AllocatorKind allocator = AllocatorKind::kUniform;
   MergeMode merge = MergeMode::kNone;
 
@@ -52,6 +57,9 @@ struct CompressionSpec {
   bool external_scores() const {
     return scorer == ScorerKind::kRecon || scorer == ScorerKind::kGate;
   }
+  // The recency share for kept fraction b: fixed, or clamp(1.2 - 3b, 0.5, 0.9) with `+recent`
+  // (tight budgets are spent mostly on recent context; larger ones on scored entries).
+  float RecentShareFor(double kept_fraction) const;
   // INVALID_ARGUMENT for out-of-range parameters.
   absl::Status Validate() const;
 };

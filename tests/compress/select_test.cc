@@ -46,6 +46,33 @@ TEST(SelectHead, KeepsSinksWindowAndTopScoresSorted) {
   for (int k = 0; k < 8; ++k) EXPECT_TRUE(std::binary_search(keep.begin(), keep.end(), rest[k]));
 }
 
+TEST(SelectHead, RecentShareWidensTheForcedWindow) {
+  CompressionSpec spec;
+  spec.sinks = 4;
+  spec.window = 8;
+  spec.recent_share = 0.5f;
+  HeadScores s = RandomScores(1000, 3);
+  s.score[10] = 100.0f;
+  const std::vector<int32_t> keep = SelectHead(spec, s, 1000, 100);
+  ASSERT_EQ(keep.size(), 100u);
+  // 50 most recent positions forced, the sinks, and 46 by score (position 10 among them).
+  for (int i = 950; i < 1000; ++i)
+    EXPECT_TRUE(std::binary_search(keep.begin(), keep.end(), i)) << i;
+  EXPECT_TRUE(std::binary_search(keep.begin(), keep.end(), 10));
+  EXPECT_EQ(Forced(spec, 1000, 100).window, 50);
+  // "+recent": 0.9 of a 10 % budget, 0.6 of a 20 % one, never below half.
+  spec.recent_share = 0;
+  spec.recent_by_budget = true;
+  EXPECT_EQ(Forced(spec, 1000, 100).window, 90);
+  EXPECT_EQ(Forced(spec, 1000, 200).window, 120);
+  EXPECT_EQ(Forced(spec, 1000, 500).window, 250);
+  spec.recent_by_budget = false;
+  spec.recent_share = 0.5f;
+  // The observation window still wins when it is larger than the share.
+  EXPECT_EQ(Forced(spec, 1000, 12).window, 8);
+  EXPECT_EQ(Forced(spec, 1000, 6).window, 2);
+}
+
 TEST(SelectHead, TinyBudgetShrinksWindowThenSinks) {
   CompressionSpec spec;
   const HeadScores s = RandomScores(100, 2);

@@ -6,9 +6,10 @@ namespace kvwire::compress {
 namespace {
 
 TEST(CompressionSpec, ParsesAndPrintsEveryCombination) {
-  for (const char* text : {"window/uniform", "h2o/adaptive", "snapkv/uniform/merge",
-                           "defensive+critical/adaptive/merge", "snapkv+critical/global/merge:zip",
-                           "defensive/global"}) {
+  for (const char* text :
+       {"window/uniform", "h2o/adaptive", "snapkv/uniform/merge",
+        "defensive+critical/adaptive/merge", "snapkv+critical/global/merge:zip", "defensive/global",
+        "defensive+recent/uniform/merge", "snapkv+critical+recent=0.25/adaptive"}) {
     auto spec = CompressionSpec::Parse(text);
     ASSERT_TRUE(spec.ok()) << text << ": " << spec.status();
     EXPECT_EQ(spec->ToString(), text);
@@ -19,8 +20,11 @@ TEST(CompressionSpec, ParsesAndPrintsEveryCombination) {
 }
 
 TEST(CompressionSpec, RejectsUnknownPartsWithClearMessages) {
-  for (const char* text : {"", "snapkv", "snapkv/", "magic/uniform", "snapkv+fast/uniform",
-                           "snapkv/greedy", "snapkv/uniform/squash", "a/b/c/d"}) {
+  for (const char* text :
+       {"", "snapkv", "snapkv/", "magic/uniform", "snapkv+fast/uniform", "snapkv/greedy",
+        "snapkv/uniform/squash", "a/b/c/d", "snapkv+critical+critical/uniform",
+        "snapkv+recent=0/uniform", "snapkv+recent=1.5/uniform", "snapkv+recent=x/uniform",
+        "snapkv+recent+recent/uniform", "snapkv+recent=0.5+recent/uniform", "snapkv+recently/uniform"}) {
     auto spec = CompressionSpec::Parse(text);
     ASSERT_FALSE(spec.ok()) << text;
     EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument);
@@ -43,7 +47,13 @@ TEST(CompressionSpec, ValidatesParameters) {
   s = CompressionSpec{};
   s.merge_threshold = 2;
   EXPECT_FALSE(s.Validate().ok());
+  s = CompressionSpec{};
+  s.recent_share = -0.1f;
+  EXPECT_FALSE(s.Validate().ok());
   EXPECT_TRUE(CompressionSpec{}.Validate().ok());
+  EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent=0.3/uniform")->recent_share, 0.3f);
+  EXPECT_TRUE(CompressionSpec::Parse("defensive+recent/uniform")->recent_by_budget);
+  EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent/uniform")->RecentShareFor(0.3), 0.5f);
 }
 
 }  // namespace
