@@ -32,7 +32,7 @@ struct CompressBenchOptions {
   int64_t tokens = 2048;
   int n_heads = 9, n_kv_heads = 3, head_dim = 64, hidden = 576;
   std::string methods =
-      "defensive/uniform/merge,window/uniform/merge,snapkv/uniform,snapkv/adaptive/merge,"
+      "defensive+recent/adaptive/merge,defensive/uniform/merge,window/uniform/merge,snapkv/uniform,snapkv/adaptive/merge,"
       "defensive+critical/adaptive/merge";
   std::string budgets = "0.1,0.2,0.5";
   int reps = 5;

@@ -52,9 +52,10 @@ struct FidelityOptions {
   std::string methods =
       "window/uniform,window/uniform/merge,h2o/uniform,h2o/uniform/merge,snapkv/uniform,"
       "snapkv/uniform/merge,defensive/uniform,defensive/uniform/merge,snapkv+critical/uniform,"
-      "snapkv+critical/uniform/merge,snapkv/adaptive/merge,defensive+critical/adaptive/merge";
+      "snapkv+critical/uniform/merge,snapkv/adaptive/merge,defensive+critical/adaptive/merge,"
+      "defensive+recent/uniform/merge,defensive+recent/adaptive/merge";
   std::string budgets = "0.05,0.1,0.2,0.35,0.5,1.0";
-  std::string contexts = "1024,1536,2048,3072";
+  std::string contexts = "1024,1536,2048,2560,3072,4096";
   int continuation = 200;
   int retrieval_tasks = 3;  // of each kind
   int retrieval_chars = 3000;

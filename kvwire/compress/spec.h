@@ -22,7 +22,7 @@ namespace kvwire::compress {
 
 // The method kvwire uses when nobody asks for another: chosen from the fidelity benchmark
 // (README, "Compression quality").
-inline constexpr char kDefaultMethod[] = "defensive/uniform/merge";
+inline constexpr char kDefaultMethod[] = "defensive+recent/adaptive/merge";
 
 enum class ScorerKind { kWindow, kH2O, kSnapKV, kDefensive, kRecon, kGate };
 enum class AllocatorKind { kUniform, kAdaptive, kGlobal };
