@@ -112,10 +112,11 @@ TEST(SyntheticPrefill, CompressesToTheBudget) {
   absl::StatusOr<prefill::PrefillResult> r =
       RunLayers(kv, 1000, 0.1f, compress::kDefaultMethod, &sunk);
   ASSERT_TRUE(r.ok()) << r.status();
+  // The default allocator may make heads ragged; each layer keeps exactly its heads' total.
   for (const cache::LayerCache& layer : sunk.layers) {
-    for (const cache::HeadSegment& head : layer.heads) {
-      EXPECT_EQ(static_cast<int64_t>(head.size()), compress::HeadBudget(0.1f, 1000));
-    }
+    int64_t kept = 0;
+    for (const cache::HeadSegment& head : layer.heads) kept += static_cast<int64_t>(head.size());
+    EXPECT_EQ(kept, static_cast<int64_t>(layer.heads.size()) * compress::HeadBudget(0.1f, 1000));
   }
 }
 
