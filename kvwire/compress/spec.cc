@@ -65,13 +65,15 @@ absl::Status ParseModifier(absl::string_view text, absl::string_view word, Compr
     spec->critical = true;
     return absl::OkStatus();
   }
-  if (absl::ConsumePrefix(&word, "recent") && spec->recent_share == 0.0f && !spec->recent_by_budget) {
-    if (word.empty()) {
+  absl::string_view rest = word;
+  if (absl::ConsumePrefix(&rest, "recent") && spec->recent_share == 0.0f &&
+      !spec->recent_by_budget) {
+    if (rest.empty()) {
       spec->recent_by_budget = true;
       return absl::OkStatus();
     }
     float share = 0;
-    if (!absl::ConsumePrefix(&word, "=") || !absl::SimpleAtof(word, &share) ||
+    if (!absl::ConsumePrefix(&rest, "=") || !absl::SimpleAtof(rest, &share) ||
         !(share > 0.0f && share <= 1.0f)) {
       return Bad(text, "'+recent=SHARE' needs a share in (0, 1]");
     }

@@ -53,6 +53,9 @@ TEST(CompressionSpec, ValidatesParameters) {
   EXPECT_TRUE(CompressionSpec{}.Validate().ok());
   EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent=0.3/uniform")->recent_share, 0.3f);
   EXPECT_TRUE(CompressionSpec::Parse("defensive+recent/uniform")->recent_by_budget);
+  EXPECT_NE(CompressionSpec::Parse("defensive+recent+recent/uniform").status().message().find(
+                "repeated scorer modifier '+recent'"),
+            absl::string_view::npos);
   EXPECT_FLOAT_EQ(CompressionSpec::Parse("defensive+recent/uniform")->RecentShareFor(0.3), 0.5f);
 }
 
