@@ -21,7 +21,6 @@ struct DecodeFlags {
   uint32_t capacity = 8;
   uint32_t lease_ms = 10000;
   uint32_t max_lease_ms = 600000;
-  std::string synthetic_kv;
   std::string gates;
 };
 
@@ -44,10 +43,8 @@ absl::Status Serve(const DecodeFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
-  if (!f.synthetic_kv.empty()) {
-    KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
-    if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
-  }
+  KVWIRE_RETURN_IF_ERROR(
+      grpc_util::ApplySyntheticKv(f.node, &options.synthetic_kv, &options.model_name));
   options.gates = f.gates.empty() ? nullptr : &gates;
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
@@ -77,9 +74,6 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 600000));
   app.add_option("--max-lease-ms", f.max_lease_ms,
                  "longest lease a Reserve may ask for (a requester whose prefill queues)");
-  app.add_option("--synthetic-kv", f.synthetic_kv,
-                 "benchmarks: accept pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
-                 "and answer with a fixed text instead of generating (prefill node likewise)");
   app.add_option("--gates", f.gates,
                  "learned gate file (kvwire-train-gates) for gate/... requests");
   CLI11_PARSE(app, argc, argv);

@@ -20,7 +20,6 @@ struct PrefillFlags {
   int workers = 1;
   int queue = 16;
   int drain_seconds = 30;
-  std::string synthetic_kv;
   std::string gates;
 };
 
@@ -41,10 +40,8 @@ absl::Status Serve(const PrefillFlags& f) {
   options.threads = f.node.threads;
   options.transport_kind = grpc_util::TransportKindOf(f.node);
   options.model_name = grpc_util::ModelName(f.node);
-  if (!f.synthetic_kv.empty()) {
-    KVWIRE_ASSIGN_OR_RETURN(options.synthetic_kv, control::ParseSyntheticKv(f.synthetic_kv));
-    if (f.node.model_name.empty()) options.model_name = options.synthetic_kv->ModelName();
-  }
+  KVWIRE_RETURN_IF_ERROR(
+      grpc_util::ApplySyntheticKv(f.node, &options.synthetic_kv, &options.model_name));
   options.gates = f.gates.empty() ? nullptr : &gates;
   auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
@@ -73,9 +70,6 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100000));
   app.add_option("--drain-seconds", f.drain_seconds, "graceful-shutdown budget")
       ->check(CLI::Range(0, 3600));
-  app.add_option("--synthetic-kv", f.synthetic_kv,
-                 "benchmarks: stream pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] "
-                 "instead of running the model (decode node needs the same flag)");
   app.add_option("--gates", f.gates, "learned gate file for gate/... methods (kvwire-train-gates)");
   CLI11_PARSE(app, argc, argv);
   return kvwire::grpc_util::FinishMain("kvwire-prefill", f.node,

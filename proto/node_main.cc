@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
+#include "kvwire/base/status.h"
 #include "kvwire/transport/ucx/ucx_transport.h"
 
 namespace kvwire::grpc_util {
@@ -27,6 +28,10 @@ void AddNodeFlags(CLI::App& app, NodeFlags* f) {
   app.add_option("--tls-ca", f->tls.ca_path, "PEM roots for calls to the control plane");
   app.add_flag("--control-tls", f->control_tls, "call the control plane over TLS");
   app.add_option("--log-level", f->log_level, "debug, info, warning or error");
+  app.add_option("--synthetic-kv", f->synthetic_kv,
+                 "benchmarks: pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] instead of "
+                 "the model (prefill streams it, decode installs it and answers a fixed text; "
+                 "both nodes need the same shape)");
 }
 
 absl::StatusOr<std::unique_ptr<transport::Transport>> MakeNodeTransport(const NodeFlags& flags) {
@@ -67,6 +72,14 @@ std::string ModelName(const NodeFlags& flags) {
   std::string name = flags.model.substr(flags.model.find_last_of('/') + 1);
   if (absl::EndsWith(name, ".gguf")) name.resize(name.size() - 5);
   return name;
+}
+
+absl::Status ApplySyntheticKv(const NodeFlags& flags, std::optional<control::SyntheticKv>* kv,
+                              std::string* model_name) {
+  if (flags.synthetic_kv.empty()) return absl::OkStatus();
+  KVWIRE_ASSIGN_OR_RETURN(*kv, control::ParseSyntheticKv(flags.synthetic_kv));
+  if (flags.model_name.empty()) *model_name = (*kv)->ModelName();
+  return absl::OkStatus();
 }
 
 std::string BoundAddress(const std::string& listen, int port) {

@@ -8,11 +8,13 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "kvwire/control/metrics.h"
+#include "kvwire/control/synthetic_kv.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/common.pb.h"
 #include "proto/grpc_util.h"
@@ -34,6 +36,7 @@ struct NodeFlags {
   int threads = 2;
   TlsFiles tls;
   bool control_tls = false;
+  std::string synthetic_kv;  // benchmarks: LxHxD[xQ] pseudo-random KV instead of the model
 };
 
 void AddNodeFlags(CLI::App& app, NodeFlags* flags);
@@ -52,6 +55,11 @@ absl::StatusOr<std::unique_ptr<NodeAgent>> StartAgent(const NodeFlags& flags,
 
 // --model-name, or the model file's name without directory and ".gguf".
 std::string ModelName(const NodeFlags& flags);
+
+// --synthetic-kv parsed (nullopt when unset); unless --model-name is given, `model_name` becomes
+// the name the synthetic shape announces. INVALID_ARGUMENT for a malformed shape.
+absl::Status ApplySyntheticKv(const NodeFlags& flags, std::optional<control::SyntheticKv>* kv,
+                              std::string* model_name);
 
 // "host:port" actually bound: the listen host with the bound port.
 std::string BoundAddress(const std::string& listen, int port);
