@@ -61,14 +61,20 @@ struct Layer {
   std::vector<float> keys, values, queries;
   cu::DeviceBuffer d_keys, d_values, d_queries;
 
-  LayerInput Cpu() const {
-    LayerInput in;
+  // The shape fields both inputs share.
+  template <typename In>
+  In WithShape() const {
+    In in;
     in.layer = 3;
     in.n_tokens = shape.length;
     in.n_heads = shape.n_heads;
     in.n_kv_heads = shape.n_kv_heads;
     in.head_dim = shape.head_dim;
     in.scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+    return in;
+  }
+  LayerInput Cpu() const {
+    LayerInput in = WithShape<LayerInput>();
     in.keys = keys.data();
     in.values = values.data();
     in.queries = queries.data();
@@ -76,13 +82,7 @@ struct Layer {
     return in;
   }
   DeviceLayerInput Device() const {
-    DeviceLayerInput in;
-    in.layer = 3;
-    in.n_tokens = shape.length;
-    in.n_heads = shape.n_heads;
-    in.n_kv_heads = shape.n_kv_heads;
-    in.head_dim = shape.head_dim;
-    in.scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+    DeviceLayerInput in = WithShape<DeviceLayerInput>();
     in.keys = d_keys.as<float>();
     in.values = d_values.as<float>();
     in.window = window;
