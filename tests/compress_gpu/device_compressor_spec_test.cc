@@ -32,11 +32,12 @@ TEST_P(SupportedSpec, IsAcceptedWithTheCpuQueryRows) {
   EXPECT_EQ(device->kept_fraction(), 0.2f);
 }
 
-INSTANTIATE_TEST_SUITE_P(DeviceCompressor, SupportedSpec,
-                         ::testing::Values("window/uniform", "snapkv/uniform", "defensive/uniform",
-                                           "snapkv/adaptive", "defensive+recent/adaptive/merge",
-                                           "snapkv+recent=0.3/uniform/merge:zip",
-                                           "window/adaptive/merge:guarded", kDefaultMethod));
+INSTANTIATE_TEST_SUITE_P(
+    DeviceCompressor, SupportedSpec,
+    ::testing::Values("window/uniform", "snapkv/uniform", "defensive/uniform", "snapkv/adaptive",
+                      "defensive+recent/adaptive/merge", "snapkv+recent=0.3/uniform/merge:zip",
+                      "window/adaptive/merge:guarded", "snapkv+critical/uniform",
+                      "defensive+critical+recent/adaptive/merge", kDefaultMethod));
 
 struct Rejected {
   const char* spec;

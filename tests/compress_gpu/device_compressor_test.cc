@@ -3,17 +3,17 @@
 //
 // Inputs: keys are tight clusters (member-to-centre cosine ~0.98) plus isolated outliers (cosine
 // well under the 0.8 merge threshold), so merge/drop decisions and merge targets are far from
-// rounding ties; queries and values are standard normal. Window queries carry more rows than
-// the spec reads, so both sides must take the last QueryRows(L).
-// Ties: scores are sums in other orders on the device, so two entries whose scores are within
-// rounding may swap between kept and evicted. For each head the test accepts a different kept set
-// only when every entry kept by one side alone has a CPU score within kTieTolerance (relative to
-// the head's largest score) of an entry kept by the other side alone; that head's values are then
-// not compared (its merge groups differ), and merge counts are compared only without such heads.
-// With these inputs no near-tie is expected; the test prints any it accepts.
-// Tolerances: merged keys, values and log-votes 2e-4 absolute + 2e-4 relative (fp32 sums in
-// other orders, log-mean-exp in another order); kept positions, budgets, counts exactly; the
-// budget-1 layer and the device payload bit for bit.
+// rounding ties; queries and values are standard normal, W_O (for +critical) normal with sd 0.05.
+// Window queries carry more rows than the spec reads, so both sides must take the last
+// QueryRows(L). Ties: scores are sums in other orders on the device, so two entries whose scores
+// are within rounding may swap between kept and evicted. For each head the test accepts a different
+// kept set only when every entry kept by one side alone has a CPU score (or, with +critical,
+// value-aware score) within kTieTolerance (relative to the head's largest) of an entry kept by the
+// other side alone; that head's values are then not compared (its merge groups differ), and merge
+// counts are compared only without such heads. With these inputs no near-tie is expected; the test
+// prints any it accepts. Tolerances: merged keys, values and log-votes 2e-4 absolute + 2e-4
+// relative (fp32 sums in other orders, log-mean-exp in another order); kept positions, budgets,
+// counts exactly; the budget-1 layer and the device payload bit for bit.
 #include "kvwire/compress/gpu/device_compressor.h"
 
 #include <gtest/gtest.h>
@@ -58,8 +58,9 @@ constexpr Shape kLlama{"llama", 32, 8, 128, 512};
 struct Layer {
   Shape shape;
   int64_t window = 0;  // query rows carried
-  std::vector<float> keys, values, queries;
-  cu::DeviceBuffer d_keys, d_values, d_queries;
+  int hidden = 0;
+  std::vector<float> keys, values, queries, wo;  // wo fp32 [hidden][n_heads * head_dim]
+  cu::DeviceBuffer d_keys, d_values, d_queries, d_wo;
 
   // The shape fields both inputs share.
   template <typename In>
@@ -79,6 +80,8 @@ struct Layer {
     in.values = values.data();
     in.queries = queries.data();
     in.n_queries = window;
+    in.wo = wo.data();
+    in.hidden = hidden;
     return in;
   }
   DeviceLayerInput Device() const {
@@ -87,6 +90,8 @@ struct Layer {
     in.values = d_values.as<float>();
     in.window = window;
     in.window_queries = d_queries.as<float>();
+    in.wo = d_wo.as<float>();
+    in.hidden = hidden;
     return in;
   }
 };
@@ -121,6 +126,9 @@ class LayerTest : public cu::testing::GpuTestBase<Base> {
     l.keys = ClusteredKeys(s, rng);
     l.values = RandomNormal(s.length * s.n_kv_heads * s.head_dim, rng);
     l.queries = RandomNormal(l.window * s.n_heads * s.head_dim, rng);
+    l.hidden = s.n_heads * s.head_dim;
+    l.wo = RandomNormal(static_cast<size_t>(l.hidden) * s.n_heads * s.head_dim, rng, 0.05f);
+    l.d_wo = this->Up(l.wo);
     l.d_keys = this->Up(l.keys);
     l.d_values = this->Up(l.values);
     l.d_queries = this->Up(l.queries);
@@ -142,15 +150,32 @@ std::vector<int32_t> OnlyIn(const std::vector<int32_t>& a, const std::vector<int
   return out;
 }
 
-// True when the kept sets differ only by entries whose CPU scores are within rounding.
-bool NearTie(const std::vector<float>& score, const std::vector<int32_t>& cpu_only,
+// The measures selection compares: the score, and with +critical (score + 1e-4) * value norm.
+std::vector<std::vector<float>> Measures(const HeadScores& s) {
+  std::vector<std::vector<float>> m{s.score};
+  if (!s.value_norm.empty()) {
+    m.emplace_back(s.score.size());
+    for (size_t i = 0; i < s.score.size(); ++i) m[1][i] = (s.score[i] + 1e-4f) * s.value_norm[i];
+  }
+  return m;
+}
+
+// True when the kept sets differ only by entries whose CPU measures are within rounding: each
+// entry kept by one side alone is within kTieTolerance (relative to the head's largest value of
+// the measure) of an entry kept by the other side alone, under one of the measures.
+bool NearTie(const HeadScores& scores, const std::vector<int32_t>& cpu_only,
              const std::vector<int32_t>& gpu_only) {
   if (cpu_only.empty() || gpu_only.empty()) return false;
-  const float top = *std::max_element(score.begin(), score.end());
-  const double tol = kTieTolerance * std::max(1e-30, static_cast<double>(std::fabs(top)));
+  const std::vector<std::vector<float>> measures = Measures(scores);
   auto close_to_other = [&](int32_t i, const std::vector<int32_t>& other) {
-    return std::any_of(other.begin(), other.end(),
-                       [&](int32_t j) { return std::fabs(score[i] - score[j]) <= tol; });
+    for (const std::vector<float>& m : measures) {
+      const float top = *std::max_element(m.begin(), m.end());
+      const double tol = kTieTolerance * std::max(1e-30, static_cast<double>(std::fabs(top)));
+      for (int32_t j : other) {
+        if (std::fabs(m[i] - m[j]) <= tol) return true;
+      }
+    }
+    return false;
   };
   return std::all_of(cpu_only.begin(), cpu_only.end(),
                      [&](int32_t i) { return close_to_other(i, gpu_only); }) &&
@@ -166,9 +191,9 @@ int ExpectLayersMatch(const cache::LayerCache& cpu, const cache::LayerCache& gpu
   for (size_t h = 0; h < std::min(cpu.heads.size(), gpu.heads.size()); ++h) {
     const cache::HeadSegment &c = cpu.heads[h], &g = gpu.heads[h];
     if (c.positions != g.positions) {
-      const bool tie = !scores.empty() && c.size() == g.size() &&
-                       NearTie(scores[h].score, OnlyIn(c.positions, g.positions),
-                               OnlyIn(g.positions, c.positions));
+      const bool tie =
+          !scores.empty() && c.size() == g.size() &&
+          NearTie(scores[h], OnlyIn(c.positions, g.positions), OnlyIn(g.positions, c.positions));
       EXPECT_TRUE(tie) << "head " << h << ": kept positions differ beyond a near-tie";
       if (tie) std::printf("accepted a near-tie of scores in head %zu\n", h);
       ++ties;

@@ -14,6 +14,7 @@
 #include "kernels/cuda/pack.h"
 #include "kernels/cuda/select.h"
 #include "kernels/cuda/sequence.h"
+#include "kernels/cuda/value_norms.h"
 #include "kvwire/base/status.h"
 #include "kvwire/compress/select.h"
 
@@ -71,7 +72,8 @@ absl::Status ValidatePointer(const DeviceLayerInput& in, const void* p, absl::st
 }
 
 // `query_rows`: the rows scoring reads, 0 when the layer is kept whole.
-absl::Status ValidateInput(const DeviceLayerInput& in, int64_t query_rows) {
+absl::Status ValidateInput(const CompressionSpec& spec, const DeviceLayerInput& in,
+                           int64_t query_rows) {
   KVWIRE_RETURN_IF_ERROR(ValidateShape(in));
   KVWIRE_RETURN_IF_ERROR(ValidatePointer(in, in.keys, "keys"));
   KVWIRE_RETURN_IF_ERROR(ValidatePointer(in, in.values, "values"));
@@ -96,6 +98,7 @@ struct LayerBuffers {
   cu::DeviceBuffer query_positions;  // int32 [window]
   cu::DeviceBuffer scores;           // fp32 [H][L]
   cu::DeviceBuffer log_scores;       // fp32 [H][L], when merging
+  cu::DeviceBuffer value_norms;      // fp32 [H][L], with +critical
   cu::DeviceBuffer keep;             // int32 [sum of kept]
   cu::DeviceBuffer evicted;          // int32 [H*L - sum of kept], when merging
 };
@@ -140,6 +143,14 @@ absl::Status ScoreLayerOnDevice(cu::Context& ctx, const CompressionSpec& spec,
   if (merging) {
     KVWIRE_ASSIGN_OR_RETURN(b.log_scores, Allocate(head_bytes));
   }
+  if (spec.critical) {
+    KVWIRE_ASSIGN_OR_RETURN(b.value_norms, Allocate(head_bytes));
+    for (int h = 0; h < in.n_kv_heads; ++h) {
+      KVWIRE_RETURN_IF_ERROR(cu::ValueOutputNorms(ctx, Rows(in.values, in, h), in.wo, in.hidden,
+                                                  in.n_heads, in.n_kv_heads, in.head_dim, h,
+                                                  b.value_norms.as<float>() + h * L));
+    }
+  }
   const kernels::QueryBlock window = WindowBlock(in, b, rows);
   if (spec.scorer == ScorerKind::kWindow) {
     KVWIRE_RETURN_IF_ERROR(cu::FillRecencyScores(ctx, b.scores.as<float>(), in.n_kv_heads, L));
@@ -179,10 +190,17 @@ absl::StatusOr<std::vector<int64_t>> Budgets(cu::Context& ctx, const Compression
   return AllocateAdaptive(spec, heads, L, B);
 }
 
+// SelectHead's plan: forced ranges, and with +critical the entries chosen by score alone.
 cu::HeadSelectPlan PlanFor(const CompressionSpec& spec, int64_t L, int64_t budget) {
   if (budget >= L) return {budget, 0, 0, -1};
   const ForcedRange forced = Forced(spec, L, budget);
-  return {budget, forced.sinks, forced.window, -1};
+  cu::HeadSelectPlan plan{budget, forced.sinks, forced.window, -1};
+  if (spec.critical) {
+    const int64_t free = budget - forced.count();
+    plan.stage1 =
+        std::clamp<int64_t>(std::llround(spec.critical_alpha * budget) - forced.count(), 0, free);
+  }
+  return plan;
 }
 
 }  // namespace
@@ -237,9 +255,6 @@ absl::Status DeviceCompressor::Supports(const CompressionSpec& spec) {
     case ScorerKind::kGate:
       return Unimplemented("scorer gate", "the learned gate runs on the host");
   }
-  if (spec.critical) {
-    return Unimplemented("+critical", "no device kernel for the value-output norms");
-  }
   if (spec.allocator == AllocatorKind::kGlobal) {
     return Unimplemented("allocator global", "it needs every layer scored before any is sent");
   }
@@ -263,7 +278,7 @@ absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& 
   const int64_t L = in.n_tokens;
   const int64_t B = L > 0 ? HeadBudget(kept_fraction_, L) : 0;
   const bool full = B >= L;
-  KVWIRE_RETURN_IF_ERROR(ValidateInput(in, full ? 0 : QueryRows(L)));
+  KVWIRE_RETURN_IF_ERROR(ValidateInput(spec_, in, full ? 0 : QueryRows(L)));
   const bool merging = !full && spec_.merge != MergeMode::kNone;
   LayerBuffers b;
   if (!full) KVWIRE_RETURN_IF_ERROR(ScoreLayerOnDevice(ctx, spec_, in, b));
@@ -281,8 +296,8 @@ absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& 
   if (merging) {
     KVWIRE_ASSIGN_OR_RETURN(b.evicted, Allocate(sizeof(int32_t) * evicted));
   }
-  KVWIRE_RETURN_IF_ERROR(cu::SelectTopK(ctx, b.scores.as<float>(), nullptr, L, plans,
-                                        b.keep.as<int32_t>(),
+  KVWIRE_RETURN_IF_ERROR(cu::SelectTopK(ctx, b.scores.as<float>(), b.value_norms.as<float>(), L,
+                                        plans, b.keep.as<int32_t>(),
                                         merging ? b.evicted.as<int32_t>() : nullptr));
   size_t bytes = 0;
   out.offsets = CarveEntries(out.counts, in.head_dim, &bytes);

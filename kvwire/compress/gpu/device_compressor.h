@@ -4,12 +4,14 @@
 //
 // What runs where:
 //   scoring   device: WindowScores (snapkv: mean, defensive: max + clamp, pooled) or recency
-//             scores (window); merge log-scores from the same pass (LogMeanExpScores for window).
+//             scores (window); merge log-scores from the same pass (LogMeanExpScores for window);
+//             +critical value-output norms (kernels/cuda/value_norms.h).
 //   allocate  uniform: host arithmetic only. adaptive: the per-head scores, fp32 [n_kv_heads][L]
 //             (1 / (2 * head_dim) of the layer's K/V bytes), are downloaded and
 //             compress::AllocateAdaptive runs on the host, so budgets equal the CPU's for equal
 //             scores.
-//   select    device: SelectTopK (sinks and recent window forced, ties to the lower index).
+//   select    device: SelectTopK (sinks and recent window forced, ties to the lower index;
+//             +critical in its two stages).
 //   merge     device: MergeHead per KV head (none / guarded / zip), into one compact buffer.
 //   result    CompressLayer downloads only the kept entries (positions, log-votes, keys,
 //             values); CompressAndEncode packs them into the wire payload on the device
@@ -17,10 +19,10 @@
 // Kept fraction 1 (budget >= L) skips scoring and returns the uncompressed layer bit for bit
 // (every entry, log-vote 0), like compress::FullLayer.
 //
-// Supported specs: scorers window, snapkv, defensive; +recent[=SHARE]; allocators uniform and
-// adaptive; merge none, guarded, zip. Not on the device (Supports/Create say UNIMPLEMENTED and
-// name the part, so callers can fall back to compress::Compressor): scorers h2o, recon, gate;
-// +critical (the value-output norms nu_i have no device kernel yet); allocator global.
+// Supported specs: scorers window, snapkv, defensive; +critical; +recent[=SHARE]; allocators
+// uniform and adaptive; merge none, guarded, zip. Not on the device (Supports/Create say
+// UNIMPLEMENTED and name the part, so callers can fall back to compress::Compressor): scorers h2o,
+// recon, gate; allocator global.
 //
 // Results equal compress::Compressor::CompressLayer up to floating rounding: scores are summed in
 // other orders, so kept positions may differ where two scores are within rounding of each other
@@ -28,7 +30,8 @@
 //
 // Thread-safety: a DeviceCompressor is immutable; calls may run concurrently on different
 // Contexts. Errors: INVALID_ARGUMENT for bad specs, budgets or inputs (null or misaligned
-// pointers, head_dim not a multiple of 4 in [4, 256], too few window queries); UNIMPLEMENTED for
+// pointers, head_dim not a multiple of 4 in [4, 256], too few window queries, +critical without
+// wo); UNIMPLEMENTED for
 // the unsupported parts above; CUDA failures as statuses (UNAVAILABLE without a device,
 // RESOURCE_EXHAUSTED out of device memory).
 #ifndef KVWIRE_COMPRESS_GPU_DEVICE_COMPRESSOR_H_
@@ -62,6 +65,10 @@ struct DeviceLayerInput {
   // window >= QueryRows(L). Not read when the kept fraction keeps the whole layer.
   int64_t window = 0;
   const float* window_queries = nullptr;
+  // +critical only: the layer's output projection, fp32 [hidden][n_heads * head_dim] (row-major
+  // as the model stores attn_output), for the value-output norms.
+  const float* wo = nullptr;
+  int hidden = 0;
 };
 
 // A layer's wire payload in device memory: `size` bytes at bytes.data(), laid out by `layout`.
