@@ -272,6 +272,46 @@ absl::StatusOr<DeviceCompressor> DeviceCompressor::Create(const CompressionSpec&
   return DeviceCompressor(spec, kept_fraction);
 }
 
+namespace {
+
+// Gathers (and with `merging` merges) every head's kept entries into `entries`, laid out by
+// CarveEntries for `counts`. Merge counts go to `tally` (waiting for the device) when `count`.
+absl::Status MergeHeads(cu::Context& ctx, const CompressionSpec& spec, const DeviceLayerInput& in,
+                        const LayerBuffers& b, const std::vector<int64_t>& counts, bool merging,
+                        bool count, cu::DeviceBuffer* entries, std::vector<HeadOffsets>* offsets,
+                        cu::MergeTally* tally) {
+  const int64_t L = in.n_tokens;
+  size_t bytes = 0;
+  *offsets = CarveEntries(counts, in.head_dim, &bytes);
+  KVWIRE_ASSIGN_OR_RETURN(*entries, Allocate(bytes));
+  const kernels::QueryBlock window = WindowBlock(in, b, merging ? spec.QueryRows(L) : 0);
+  int64_t keep_at = 0, evicted_at = 0;
+  for (int h = 0; h < in.n_kv_heads; ++h) {
+    const int64_t n = counts[h];
+    const HeadOffsets& o = (*offsets)[h];
+    const cu::MergeHeadInput mi{Rows(in.keys, in, h),
+                                Rows(in.values, in, h),
+                                merging ? b.log_scores.as<float>() + h * L : nullptr,
+                                b.keep.as<int32_t>() + keep_at,
+                                n,
+                                merging ? b.evicted.as<int32_t>() + evicted_at : nullptr,
+                                merging ? L - n : 0};
+    const cu::MergeHeadOutput mo{At<int32_t>(*entries, o.positions),
+                                 At<float>(*entries, o.log_votes), At<float>(*entries, o.keys),
+                                 At<float>(*entries, o.values)};
+    KVWIRE_RETURN_IF_ERROR(
+        cu::MergeHead(ctx, ParamsFor(spec), window, h, mi, mo, merging && count ? tally : nullptr));
+    if (!merging) tally->dropped += L - n;
+    keep_at += n;
+    evicted_at += L - n;
+  }
+  // Positions are contiguous at the front of the buffer (padding included).
+  const auto n_positions = static_cast<int64_t>((*offsets)[0].log_votes / sizeof(int32_t));
+  return cu::OffsetPositions(ctx, entries->as<int32_t>(), n_positions, in.first_position);
+}
+
+}  // namespace
+
 absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& ctx,
                                                                    const DeviceLayerInput& in,
                                                                    LayerStats* stats) const {
@@ -299,35 +339,9 @@ absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& 
   KVWIRE_RETURN_IF_ERROR(cu::SelectTopK(ctx, b.scores.as<float>(), b.value_norms.as<float>(), L,
                                         plans, b.keep.as<int32_t>(),
                                         merging ? b.evicted.as<int32_t>() : nullptr));
-  size_t bytes = 0;
-  out.offsets = CarveEntries(out.counts, in.head_dim, &bytes);
-  KVWIRE_ASSIGN_OR_RETURN(out.entries, Allocate(bytes));
   cu::MergeTally tally;
-  const kernels::QueryBlock window = WindowBlock(in, b, merging ? QueryRows(L) : 0);
-  int64_t keep_at = 0, evicted_at = 0;
-  for (int h = 0; h < in.n_kv_heads; ++h) {
-    const int64_t n = out.counts[h];
-    const HeadOffsets& o = out.offsets[h];
-    cu::MergeHeadInput mi{Rows(in.keys, in, h),
-                          Rows(in.values, in, h),
-                          merging ? b.log_scores.as<float>() + h * L : nullptr,
-                          b.keep.as<int32_t>() + keep_at,
-                          n,
-                          merging ? b.evicted.as<int32_t>() + evicted_at : nullptr,
-                          merging ? L - n : 0};
-    const cu::MergeHeadOutput mo{At<int32_t>(out.entries, o.positions),
-                                 At<float>(out.entries, o.log_votes),
-                                 At<float>(out.entries, o.keys), At<float>(out.entries, o.values)};
-    KVWIRE_RETURN_IF_ERROR(cu::MergeHead(ctx, ParamsFor(spec_), window, h, mi, mo,
-                                         merging && stats != nullptr ? &tally : nullptr));
-    if (!merging) tally.dropped += L - n;
-    keep_at += n;
-    evicted_at += L - n;
-  }
-  // Positions are contiguous at the front of the buffer (padding included).
-  const auto n_positions = static_cast<int64_t>(out.offsets[0].log_votes / sizeof(int32_t));
-  KVWIRE_RETURN_IF_ERROR(
-      cu::OffsetPositions(ctx, out.entries.as<int32_t>(), n_positions, in.first_position));
+  KVWIRE_RETURN_IF_ERROR(MergeHeads(ctx, spec_, in, b, out.counts, merging, stats != nullptr,
+                                    &out.entries, &out.offsets, &tally));
   if (stats != nullptr) {
     *stats = LayerStats{in.layer, L};
     stats->kept = kept;
