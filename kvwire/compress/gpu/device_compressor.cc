@@ -92,19 +92,57 @@ struct HeadOffsets {
   size_t positions = 0, log_votes = 0, keys = 0, values = 0;
 };
 
-// Per-layer device work areas, freed when the layer is done.
+// Per-layer device work areas, carved from one allocation (one cudaMalloc/cudaFree per layer
+// instead of one per array) and freed when the layer is done. Arrays the spec does not use are
+// null; every array starts 16-byte aligned.
 struct LayerBuffers {
-  cu::DeviceBuffer key_positions;    // int32 [L]
-  cu::DeviceBuffer query_positions;  // int32 [window]
-  cu::DeviceBuffer scores;           // fp32 [H][L]
-  cu::DeviceBuffer log_scores;       // fp32 [H][L], when merging
-  cu::DeviceBuffer value_norms;      // fp32 [H][L], with +critical
-  cu::DeviceBuffer keep;             // int32 [sum of kept]
-  cu::DeviceBuffer evicted;          // int32 [H*L - sum of kept], when merging
+  cu::DeviceBuffer storage;
+  size_t scores_offset = 0;            // byte offset of `scores` in storage
+  int32_t* key_positions = nullptr;    // int32 [L]
+  int32_t* query_positions = nullptr;  // int32 [window]
+  float* scores = nullptr;             // fp32 [H][L]
+  float* log_scores = nullptr;         // fp32 [H][L], when merging
+  float* value_norms = nullptr;        // fp32 [H][L], with +critical
+  int32_t* keep = nullptr;             // int32 [at most H*L]: each head's kept indices
+  int32_t* evicted = nullptr;          // int32 [at most H*L], when merging
 };
 
 absl::StatusOr<cu::DeviceBuffer> Allocate(size_t bytes) {
   return cu::DeviceBuffer::Allocate(bytes);
+}
+
+// `full`: the layer is kept whole (no scoring, nothing evicted).
+absl::StatusOr<LayerBuffers> AllocateLayerBuffers(const CompressionSpec& spec,
+                                                  const DeviceLayerInput& in, bool full) {
+  const auto L = static_cast<size_t>(in.n_tokens);
+  const size_t all = L * static_cast<size_t>(in.n_kv_heads);
+  const bool merging = !full && spec.merge != MergeMode::kNone;
+  struct Part {
+    size_t elements;
+    bool used;
+    size_t offset = 0;
+  };
+  Part parts[] = {{L, !full},     {static_cast<size_t>(in.window), !full}, {all, !full},
+                  {all, merging}, {all, !full && spec.critical},           {all, true},
+                  {all, merging}};
+  size_t at = 0;
+  for (Part& p : parts) {
+    if (p.used) p.offset = at, at += sizeof(float) * static_cast<size_t>(Align4(p.elements));
+  }
+  LayerBuffers b;
+  KVWIRE_ASSIGN_OR_RETURN(b.storage, Allocate(at));
+  auto ptr = [&b](const Part& p) {
+    return p.used ? static_cast<void*>(static_cast<char*>(b.storage.data()) + p.offset) : nullptr;
+  };
+  b.key_positions = static_cast<int32_t*>(ptr(parts[0]));
+  b.query_positions = static_cast<int32_t*>(ptr(parts[1]));
+  b.scores = static_cast<float*>(ptr(parts[2]));
+  b.scores_offset = parts[2].offset;
+  b.log_scores = static_cast<float*>(ptr(parts[3]));
+  b.value_norms = static_cast<float*>(ptr(parts[4]));
+  b.keep = static_cast<int32_t*>(ptr(parts[5]));
+  b.evicted = static_cast<int32_t*>(ptr(parts[6]));
+  return b;
 }
 
 // The last `rows` window queries; an empty block (shape only) for rows == 0, which MergeHead
@@ -116,7 +154,7 @@ kernels::QueryBlock WindowBlock(const DeviceLayerInput& in, const LayerBuffers& 
   const int64_t skip = in.window - rows;
   qb.q = in.window_queries + skip * in.n_heads * in.head_dim;
   qb.n_queries = rows;
-  qb.positions = b.query_positions.as<int32_t>() + skip;
+  qb.positions = b.query_positions + skip;
   return qb;
 }
 
@@ -125,38 +163,28 @@ kernels::StridedRows Rows(const float* base, const DeviceLayerInput& in, int h) 
           in.n_tokens};
 }
 
-// Scores (and merge log-scores) of every KV head into b.scores / b.log_scores.
+// Scores (and merge log-scores, value norms) of every KV head into b.
 absl::Status ScoreLayerOnDevice(cu::Context& ctx, const CompressionSpec& spec,
-                                const DeviceLayerInput& in, LayerBuffers& b) {
+                                const DeviceLayerInput& in, const LayerBuffers& b) {
   const int64_t L = in.n_tokens;
   const int64_t rows = spec.QueryRows(L);
-  KVWIRE_ASSIGN_OR_RETURN(b.key_positions, Allocate(sizeof(int32_t) * L));
-  KVWIRE_ASSIGN_OR_RETURN(b.query_positions, Allocate(sizeof(int32_t) * in.window));
-  KVWIRE_RETURN_IF_ERROR(
-      cu::FillPositions(ctx, b.key_positions.as<int32_t>(), L, in.first_position));
-  KVWIRE_RETURN_IF_ERROR(
-      cu::FillPositions(ctx, b.query_positions.as<int32_t>(), in.window,
-                        static_cast<int32_t>(in.first_position + L - in.window)));
-  const size_t head_bytes = sizeof(float) * in.n_kv_heads * L;
+  KVWIRE_RETURN_IF_ERROR(cu::FillPositions(ctx, b.key_positions, L, in.first_position));
+  KVWIRE_RETURN_IF_ERROR(cu::FillPositions(
+      ctx, b.query_positions, in.window, static_cast<int32_t>(in.first_position + L - in.window)));
   const bool merging = spec.merge != MergeMode::kNone;
-  KVWIRE_ASSIGN_OR_RETURN(b.scores, Allocate(head_bytes));
-  if (merging) {
-    KVWIRE_ASSIGN_OR_RETURN(b.log_scores, Allocate(head_bytes));
-  }
   if (spec.critical) {
-    KVWIRE_ASSIGN_OR_RETURN(b.value_norms, Allocate(head_bytes));
     for (int h = 0; h < in.n_kv_heads; ++h) {
       KVWIRE_RETURN_IF_ERROR(cu::ValueOutputNorms(ctx, Rows(in.values, in, h), in.wo, in.hidden,
                                                   in.n_heads, in.n_kv_heads, in.head_dim, h,
-                                                  b.value_norms.as<float>() + h * L));
+                                                  b.value_norms + h * L));
     }
   }
   const kernels::QueryBlock window = WindowBlock(in, b, rows);
   if (spec.scorer == ScorerKind::kWindow) {
-    KVWIRE_RETURN_IF_ERROR(cu::FillRecencyScores(ctx, b.scores.as<float>(), in.n_kv_heads, L));
+    KVWIRE_RETURN_IF_ERROR(cu::FillRecencyScores(ctx, b.scores, in.n_kv_heads, L));
   }
   for (int h = 0; h < in.n_kv_heads; ++h) {
-    float* log_score = merging ? b.log_scores.as<float>() + h * L : nullptr;
+    float* log_score = merging ? b.log_scores + h * L : nullptr;
     if (spec.scorer == ScorerKind::kWindow) {
       if (merging) {
         KVWIRE_RETURN_IF_ERROR(
@@ -167,9 +195,9 @@ absl::Status ScoreLayerOnDevice(cu::Context& ctx, const CompressionSpec& spec,
     const cu::WindowAggregate aggregate = spec.scorer == ScorerKind::kSnapKV
                                               ? cu::WindowAggregate::kMean
                                               : cu::WindowAggregate::kMaxClamped;
-    KVWIRE_RETURN_IF_ERROR(
-        cu::WindowScores(ctx, window, h, Rows(in.keys, in, h), b.key_positions.as<int32_t>(),
-                         aggregate, spec.pool_kernel, b.scores.as<float>() + h * L, log_score));
+    KVWIRE_RETURN_IF_ERROR(cu::WindowScores(ctx, window, h, Rows(in.keys, in, h), b.key_positions,
+                                            aggregate, spec.pool_kernel, b.scores + h * L,
+                                            log_score));
   }
   return absl::OkStatus();
 }
@@ -182,7 +210,8 @@ absl::StatusOr<std::vector<int64_t>> Budgets(cu::Context& ctx, const Compression
   if (B >= in.n_tokens || spec.allocator != AllocatorKind::kAdaptive) return budgets;
   const int64_t L = in.n_tokens;
   std::vector<float> all(static_cast<size_t>(in.n_kv_heads * L));
-  KVWIRE_RETURN_IF_ERROR(b.scores.Download(ctx, all.data(), sizeof(float) * all.size()));
+  KVWIRE_RETURN_IF_ERROR(
+      b.storage.Download(ctx, all.data(), sizeof(float) * all.size(), b.scores_offset));
   std::vector<HeadScores> heads(in.n_kv_heads);
   for (int h = 0; h < in.n_kv_heads; ++h) {
     heads[h].score.assign(all.begin() + h * L, all.begin() + (h + 1) * L);
@@ -291,10 +320,10 @@ absl::Status MergeHeads(cu::Context& ctx, const CompressionSpec& spec, const Dev
     const HeadOffsets& o = (*offsets)[h];
     const cu::MergeHeadInput mi{Rows(in.keys, in, h),
                                 Rows(in.values, in, h),
-                                merging ? b.log_scores.as<float>() + h * L : nullptr,
-                                b.keep.as<int32_t>() + keep_at,
+                                merging ? b.log_scores + h * L : nullptr,
+                                b.keep + keep_at,
                                 n,
-                                merging ? b.evicted.as<int32_t>() + evicted_at : nullptr,
+                                merging ? b.evicted + evicted_at : nullptr,
                                 merging ? L - n : 0};
     const cu::MergeHeadOutput mo{At<int32_t>(*entries, o.positions),
                                  At<float>(*entries, o.log_votes), At<float>(*entries, o.keys),
@@ -320,7 +349,7 @@ absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& 
   const bool full = B >= L;
   KVWIRE_RETURN_IF_ERROR(ValidateInput(spec_, in, full ? 0 : QueryRows(L)));
   const bool merging = !full && spec_.merge != MergeMode::kNone;
-  LayerBuffers b;
+  KVWIRE_ASSIGN_OR_RETURN(LayerBuffers b, AllocateLayerBuffers(spec_, in, full));
   if (!full) KVWIRE_RETURN_IF_ERROR(ScoreLayerOnDevice(ctx, spec_, in, b));
   KVWIRE_ASSIGN_OR_RETURN(const std::vector<int64_t> budgets, Budgets(ctx, spec_, in, b, B));
   Compressed out;
@@ -331,14 +360,8 @@ absl::StatusOr<DeviceCompressor::Compressed> DeviceCompressor::Run(cu::Context& 
     out.counts.push_back(std::min(budget, L));
     kept += out.counts.back();
   }
-  const int64_t evicted = int64_t{in.n_kv_heads} * L - kept;
-  KVWIRE_ASSIGN_OR_RETURN(b.keep, Allocate(sizeof(int32_t) * kept));
-  if (merging) {
-    KVWIRE_ASSIGN_OR_RETURN(b.evicted, Allocate(sizeof(int32_t) * evicted));
-  }
-  KVWIRE_RETURN_IF_ERROR(cu::SelectTopK(ctx, b.scores.as<float>(), b.value_norms.as<float>(), L,
-                                        plans, b.keep.as<int32_t>(),
-                                        merging ? b.evicted.as<int32_t>() : nullptr));
+  KVWIRE_RETURN_IF_ERROR(cu::SelectTopK(ctx, b.scores, b.value_norms, L, plans, b.keep,
+                                        merging ? b.evicted : nullptr));
   cu::MergeTally tally;
   KVWIRE_RETURN_IF_ERROR(MergeHeads(ctx, spec_, in, b, out.counts, merging, stats != nullptr,
                                     &out.entries, &out.offsets, &tally));
