@@ -28,12 +28,15 @@
 // other orders, so kept positions may differ where two scores are within rounding of each other
 // (near-ties); merged keys/values/log-votes agree to ~1e-4 relative (tests/compress_gpu).
 //
+// Device memory per call: one work allocation (positions, scores, indices: about 5 * H * L
+// 4-byte words), the compact kept entries and, for CompressAndEncode, the payload; all freed or
+// handed over before the call returns (cudaFree synchronises the device).
+//
 // Thread-safety: a DeviceCompressor is immutable; calls may run concurrently on different
 // Contexts. Errors: INVALID_ARGUMENT for bad specs, budgets or inputs (null or misaligned
 // pointers, head_dim not a multiple of 4 in [4, 256], too few window queries, +critical without
-// wo); UNIMPLEMENTED for
-// the unsupported parts above; CUDA failures as statuses (UNAVAILABLE without a device,
-// RESOURCE_EXHAUSTED out of device memory).
+// wo); UNIMPLEMENTED for the unsupported parts above; CUDA failures as statuses (UNAVAILABLE
+// without a device, RESOURCE_EXHAUSTED out of device memory).
 #ifndef KVWIRE_COMPRESS_GPU_DEVICE_COMPRESSOR_H_
 #define KVWIRE_COMPRESS_GPU_DEVICE_COMPRESSOR_H_
 
@@ -107,7 +110,7 @@ class DeviceCompressor {
   // Same selection and merge, then the wire payload encoded on the device: byte for byte
   // format::EncodeLayer of the layer CompressLayer returns, with counts from the selection and
   // tails min(count, fp16_tail) for i8. Returns after ctx's stream finished the payload, so any
-  // stream or transport may read it.
+  // stream or transport may read it. stats->seconds includes the encoding.
   absl::StatusOr<DevicePayload> CompressAndEncode(kernels::cuda::Context& ctx,
                                                   const DeviceLayerInput& in,
                                                   const DeviceEncodeOptions& options,
