@@ -258,7 +258,9 @@ INSTANTIATE_TEST_SUITE_P(
                                          "snapkv/adaptive", "defensive/adaptive/merge",
                                          "defensive+recent/adaptive/merge", "snapkv/uniform/merge",
                                          "snapkv/uniform/merge:zip", "window/uniform/merge",
-                                         "defensive+recent=0.3/uniform/merge:zip"),
+                                         "defensive+recent=0.3/uniform/merge:zip",
+                                         "snapkv+critical/uniform",
+                                         "defensive+critical+recent/adaptive/merge"),
                        ::testing::Values(0.05f, 0.2f, 0.5f, 1.0f), ::testing::Values(kGqa, kLlama)),
     ParityName);
 
@@ -383,6 +385,20 @@ TEST_F(DeviceCompressorTest, RejectsBadInputs) {
               absl::StatusCode::kInvalidArgument)
         << what;
   }
+}
+
+TEST_F(DeviceCompressorTest, CriticalNeedsTheOutputProjection) {
+  const Layer l = MakeLayer(kGqa, 17);
+  absl::StatusOr<DeviceCompressor> critical =
+      DeviceCompressor::Create(Spec("snapkv+critical/uniform"), 0.2f);
+  ASSERT_TRUE(critical.ok()) << critical.status();
+  DeviceLayerInput in = l.Device();
+  in.wo = nullptr;
+  EXPECT_EQ(critical->CompressLayer(ctx(), in).status().code(), absl::StatusCode::kInvalidArgument);
+  in = l.Device();
+  in.hidden = 0;
+  EXPECT_EQ(critical->CompressLayer(ctx(), in).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(critical->CompressLayer(ctx(), l.Device()).ok());
 }
 
 }  // namespace
