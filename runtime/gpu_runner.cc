@@ -163,6 +163,7 @@ absl::Status GpuRunner::Run(absl::Span<const int32_t> tokens, absl::Span<const S
   }
   KVWIRE_RETURN_IF_ERROR(tokens_.Upload(*ctx_, tokens.data(), sizeof(int32_t) * n));
   KVWIRE_RETURN_IF_ERROR(positions_.Upload(*ctx_, pos.data(), sizeof(int32_t) * n));
+  KVWIRE_RETURN_IF_ERROR(PlanAppends(seqs));
   const kc::DeviceMatrix& emb = model_->embedding_;
   KVWIRE_RETURN_IF_ERROR(kc::GatherRows(*ctx_, emb.data(), emb.half(), emb.rows(), emb.cols(),
                                         tokens_.as<int32_t>(), n, F(x_)));
@@ -170,28 +171,38 @@ absl::Status GpuRunner::Run(absl::Span<const int32_t> tokens, absl::Span<const S
   return absl::OkStatus();
 }
 
-// Appends the sequence's K/V rows (interleaved [rows][n_kv][d]) to every head of its cache
-// (log-vote 0, positions from the pass), then attends over the cache.
+// Where each sequence's rows of the pass go, for every layer and KV head: the first free entry
+// of each head before the pass (layers append their rows with one AppendKv launch each).
+absl::Status GpuRunner::PlanAppends(absl::Span<const Sequence> seqs) {
+  const ModelConfig& c = model_->config();
+  const int64_t d = c.head_dim;
+  host_targets_.clear();
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (const Sequence& seq : seqs) {
+      const GpuKvCache& cache = *seq.cache;
+      for (int h = 0; h < c.n_kv_heads; ++h) {
+        const int64_t at = cache.counts_[l][h];
+        host_targets_.push_back({cache.keys(l, h) + at * d, cache.values(l, h) + at * d,
+                                 cache.bias(l, h) + at, cache.positions(l, h) + at, seq.row0,
+                                 static_cast<int32_t>(seq.rows), h});
+      }
+    }
+  }
+  const size_t bytes = sizeof(kc::KvAppendTarget) * host_targets_.size();
+  if (targets_.size() < bytes) {
+    KVWIRE_ASSIGN_OR_RETURN(targets_, kc::DeviceBuffer::Allocate(bytes));
+  }
+  return targets_.Upload(*ctx_, host_targets_.data(), bytes);
+}
+
+// Attention of one sequence over its cache, whose heads now end with the pass's rows.
 absl::Status GpuRunner::Attend(int l, const Sequence& seq) {
   const ModelConfig& c = model_->config();
-  const int d = c.head_dim;
-  const size_t row = sizeof(float) * d, src_pitch = row * c.n_kv_heads;
-  const int64_t kv_dim = int64_t{c.n_kv_heads} * d, q_dim = int64_t{c.n_heads} * d;
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   GpuKvCache& cache = *seq.cache;
   std::vector<kernels::KvHeadView> views(c.n_kv_heads);
   for (int h = 0; h < c.n_kv_heads; ++h) {
     int64_t& count = cache.counts_[l][h];
-    const float* k = F(k_) + seq.row0 * kv_dim + int64_t{h} * d;
-    const float* v = F(v_) + seq.row0 * kv_dim + int64_t{h} * d;
-    KVWIRE_RETURN_IF_ERROR(
-        kc::CopyRows(*ctx_, cache.keys(l, h) + count * d, row, k, src_pitch, row, seq.rows));
-    KVWIRE_RETURN_IF_ERROR(
-        kc::CopyRows(*ctx_, cache.values(l, h) + count * d, row, v, src_pitch, row, seq.rows));
-    KVWIRE_RETURN_IF_ERROR(
-        kc::ZeroDevice(*ctx_, cache.bias(l, h) + count, sizeof(float) * seq.rows));
-    KVWIRE_RETURN_IF_ERROR(kc::CopyDeviceToDevice(*ctx_, cache.positions(l, h) + count,
-                                                  positions_.as<int32_t>() + seq.row0,
-                                                  sizeof(int32_t) * seq.rows));
     count += seq.rows;
     views[h] = {cache.keys(l, h), cache.values(l, h), cache.bias(l, h), count};
   }
@@ -217,6 +228,12 @@ absl::Status GpuRunner::Layer(int l, int64_t n, absl::Span<const Sequence> seqs)
       kc::Rope(ctx, F(q_), n, c.n_heads, c.head_dim, pos, c.rope_theta, c.rope_style));
   KVWIRE_RETURN_IF_ERROR(
       kc::Rope(ctx, F(k_), n, c.n_kv_heads, c.head_dim, pos, c.rope_theta, c.rope_style));
+  const int per_layer = static_cast<int>(seqs.size()) * c.n_kv_heads;
+  int64_t max_rows = 0;
+  for (const Sequence& seq : seqs) max_rows = std::max(max_rows, seq.rows);
+  KVWIRE_RETURN_IF_ERROR(kc::AppendKv(ctx, targets_.as<kc::KvAppendTarget>() + l * per_layer,
+                                      per_layer, max_rows, F(k_), F(v_), pos, c.n_kv_heads,
+                                      c.head_dim));
   for (const Sequence& seq : seqs) KVWIRE_RETURN_IF_ERROR(Attend(l, seq));
   KVWIRE_RETURN_IF_ERROR(kc::MatMul(ctx, w.w[kWo], F(attn_), n, F(proj_)));
   KVWIRE_RETURN_IF_ERROR(kc::AddInPlace(ctx, F(x_), F(proj_), n * c.hidden));

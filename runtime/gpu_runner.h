@@ -45,6 +45,7 @@
 #include "absl/types/span.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/model_ops.h"
 #include "kvwire/cache/kv_cache.h"
 #include "runtime/model.h"
 #include "runtime/runner.h"
@@ -213,6 +214,7 @@ class GpuRunner {
                         const GpuKvCache* cache) const;
   absl::Status Reserve(int64_t n, int64_t logit_rows);
   absl::Status Run(absl::Span<const int32_t> tokens, absl::Span<const Sequence> seqs);
+  absl::Status PlanAppends(absl::Span<const Sequence> seqs);
   absl::Status Layer(int l, int64_t n, absl::Span<const Sequence> seqs);
   absl::Status Attend(int l, const Sequence& seq);
   absl::Status Hooks(int l, const Sequence& seq);
@@ -231,6 +233,9 @@ class GpuRunner {
   kernels::cuda::DeviceBuffer gate_, up_;           // [n][ffn_hidden]
   kernels::cuda::DeviceBuffer tokens_, positions_;  // int32 [n]
   kernels::cuda::DeviceBuffer logits_;              // [logit rows][vocab]
+  // Per layer, sequence and KV head where the pass's K/V rows go ([layers][seqs][n_kv_heads]).
+  std::vector<kernels::cuda::KvAppendTarget> host_targets_;
+  kernels::cuda::DeviceBuffer targets_;
 };
 
 }  // namespace kvwire::runtime

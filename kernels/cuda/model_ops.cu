@@ -53,6 +53,23 @@ __global__ void GatherKernel(const uint16_t* table, bool bf16, int64_t rows, int
   }
 }
 
+// Block (target, y) copies rows y, y + gridDim.y, ... of its target.
+__global__ void AppendKvKernel(const KvAppendTarget* targets, const float* k, const float* v,
+                               const int32_t* positions, int n_kv_heads, int head_dim) {
+  const KvAppendTarget t = targets[blockIdx.x];
+  for (int64_t r = blockIdx.y; r < t.rows; r += gridDim.y) {
+    const int64_t src = ((t.row0 + r) * n_kv_heads + t.head) * head_dim;
+    for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+      t.keys[r * head_dim + c] = k[src + c];
+      t.values[r * head_dim + c] = v[src + c];
+    }
+    if (threadIdx.x == 0) {
+      t.bias[r] = 0.0f;
+      t.positions[r] = positions[t.row0 + r];
+    }
+  }
+}
+
 absl::Status CheckCount(int64_t n, absl::string_view what) {
   if (n < 0) return absl::InvalidArgumentError(absl::StrCat(what, ": negative size ", n));
   return absl::OkStatus();
@@ -93,6 +110,22 @@ absl::Status GatherRows(Context& ctx, const uint16_t* table, HalfType half, int6
   GatherKernel<<<internal::GridFor(n * cols, kThreads, ctx), kThreads, 0, ctx.stream()>>>(
       table, half == HalfType::kBF16, rows, cols, tokens, n, out);
   return ctx.CheckLaunch("GatherKernel");
+}
+
+absl::Status AppendKv(Context& ctx, const KvAppendTarget* targets, int n_targets, int64_t max_rows,
+                      const float* k, const float* v, const int32_t* positions, int n_kv_heads,
+                      int head_dim) {
+  if (n_targets < 0 || max_rows < 0 || n_kv_heads <= 0 || head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AppendKv: ", n_targets, " targets of up to ",
+                                                   max_rows, " rows, ", n_kv_heads, " KV heads of ",
+                                                   head_dim));
+  }
+  if (n_targets == 0 || max_rows == 0) return absl::OkStatus();
+  constexpr int64_t kMaxRowBlocks = 1024;
+  const dim3 grid(static_cast<unsigned>(n_targets),
+                  static_cast<unsigned>(max_rows < kMaxRowBlocks ? max_rows : kMaxRowBlocks));
+  AppendKvKernel<<<grid, 128, 0, ctx.stream()>>>(targets, k, v, positions, n_kv_heads, head_dim);
+  return ctx.CheckLaunch("AppendKvKernel");
 }
 
 absl::Status CopyAndWait(int device, CopyKind kind, absl::Span<const CopyOp> copies,

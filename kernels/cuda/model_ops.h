@@ -35,6 +35,25 @@ absl::Status FillUniform(Context& ctx, float* out, int64_t n, float lo, float hi
 absl::Status GatherRows(Context& ctx, const uint16_t* table, HalfType half, int64_t rows,
                         int64_t cols, const int32_t* tokens, int64_t n, float* out);
 
+// Where one sequence's new rows go in one KV head (all pointers device memory): the head's first
+// free entry of keys/values (fp32 [rows][head_dim]), log-vote bias (fp32 [rows], set to 0) and
+// positions (int32 [rows]); its rows are [row0, row0 + rows) of the pass.
+struct KvAppendTarget {
+  float* keys = nullptr;
+  float* values = nullptr;
+  float* bias = nullptr;
+  int32_t* positions = nullptr;
+  int64_t row0 = 0;
+  int32_t rows = 0;
+  int32_t head = 0;
+};
+// For every target (device array of n_targets): keys/values rows from k, v fp32
+// [n][n_kv_heads][head_dim] (the pass's interleaved projections), positions from int32 [n].
+// One launch for all sequences and heads of a layer; max_rows bounds every target's rows.
+absl::Status AppendKv(Context& ctx, const KvAppendTarget* targets, int n_targets, int64_t max_rows,
+                      const float* k, const float* v, const int32_t* positions, int n_kv_heads,
+                      int head_dim);
+
 enum class CopyKind { kHostToDevice, kDeviceToHost };
 struct CopyOp {
   void* dst = nullptr;
