@@ -7,7 +7,10 @@
 //     the same step without bias and beside torch's fused scaled_dot_product_attention (unbiased,
 //     same shapes and dtype) run by bench/gpu_sdpa_peer.py between two rounds of ours (goal:
 //     biased <= 1.2x SDPA);
-//   * prefill compression steps of a Llama-shaped layer (window scores, top-k) for reference.
+//   * prefill compression steps of a Llama-shaped layer (window scores, top-k) for reference;
+//   * the model runtime (bench/gpu_runtime.h): prefill and decode tokens/s of GpuRunner for SmolLM2
+//     (--model, else $KVWIRE_MODEL or the default cache path when present) and a random-weight
+//     Llama-3-8B-shaped model (--skip-llama leaves it out).
 // Copy and kernel bandwidths count bytes read plus bytes written. Writes JSON (--out) and prints
 // one summary line last. Exits 69 when there is no CUDA device.
 #include <cmath>
@@ -28,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
+#include "bench/gpu_runtime.h"
 #include "bench/stats.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compress.h"
@@ -54,6 +58,7 @@ struct GpuOptions {
   int repeats = 20;
   bool peer = true;
   std::string python;
+  GpuRuntimeOptions runtime;
 };
 
 struct ModelShape {
@@ -330,7 +335,7 @@ std::string RunPeer(const GpuOptions& o, const std::vector<int64_t>& caches,
 void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy_gbps,
                const std::vector<BandwidthRow>& bw, const std::vector<AttentionRow>& attn,
                const std::vector<std::pair<std::string, double>>& times,
-               const std::string& peer_note) {
+               const std::string& peer_note, const GpuRuntimeResult& runtime) {
   std::ofstream out(o.out);
   out << "{\n  \"device\": \"" << dev.name << "\", \"compute_capability\": \"" << dev.major << "."
       << dev.minor << "\", \"sm_count\": " << dev.sm_count << ", \"repeats\": " << o.repeats
@@ -360,7 +365,8 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
   for (size_t i = 0; i < times.size(); ++i) {
     out << (i ? ", " : "") << "\"" << times[i].first << "\": " << Num(times[i].second);
   }
-  out << "},\n  \"sdpa_peer\": \"" << (peer_note.empty() ? "ok" : peer_note) << "\"\n}\n";
+  out << "},\n  \"sdpa_peer\": \"" << (peer_note.empty() ? "ok" : peer_note)
+      << "\",\n  \"runtime\": " << GpuRuntimeJson(runtime) << "\n}\n";
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseCaches(const std::string& text) {
@@ -418,7 +424,9 @@ absl::Status Run(const GpuOptions& o) {
     }
   }
   KVWIRE_ASSIGN_OR_RETURN(const auto times, CompressionTimes(*ctx, o.repeats));
-  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note);
+  KVWIRE_ASSIGN_OR_RETURN(const GpuRuntimeResult runtime, MeasureGpuRuntime(o.runtime));
+  PrintGpuRuntime(runtime);
+  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note, runtime);
   Summarize(ctx->properties(), copy_gbps, bw, attn);
   return absl::OkStatus();
 }
@@ -430,6 +438,13 @@ void SetupGpu(CLI::App& sub, std::function<int()>* run) {
   sub.add_option("--repeats", o->repeats, "timed repeats per measurement (median)");
   sub.add_option("--python", o->python, "python with torch for the SDPA peer (default python3)");
   sub.add_flag("!--no-peer", o->peer, "skip the torch SDPA comparison");
+  sub.add_option("--model", o->runtime.model,
+                 "SmolLM2 GGUF for the runtime figures (default $KVWIRE_MODEL or the cache)");
+  sub.add_flag("!--skip-llama", o->runtime.llama,
+               "leave out the random-weight Llama-3-8B-shaped runtime figures");
+  sub.add_option("--runtime-repeats", o->runtime.repeats,
+                 "timed repetitions per runtime figure (median; at least 5)")
+      ->check(CLI::Range(5, 1000));
   *run = [o] {
     if (const absl::Status probe = kc::ProbeDevice(); !probe.ok()) {
       std::cerr << "kvwire-bench gpu: " << probe.message() << "\n";

@@ -14,6 +14,7 @@
 #define KVWIRE_KERNELS_CUDA_MATMUL_H_
 
 #include <cstdint>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/device.h"
@@ -32,6 +33,20 @@ class DeviceMatrix {
  public:
   // `host` points to host memory (the memory-mapped GGUF tensor).
   static absl::StatusOr<DeviceMatrix> Upload(Context& ctx, const WeightView& host, HalfType half);
+  // Takes `data`, 16-bit [rows][cols] of `half` type already on the device (e.g. weights drawn
+  // there); INVALID_ARGUMENT unless it holds exactly rows * cols values.
+  static absl::StatusOr<DeviceMatrix> Adopt(DeviceBuffer data, int64_t rows, int64_t cols,
+                                            HalfType half) {
+    if (rows <= 0 || cols <= 0 || data.size() != sizeof(uint16_t) * rows * cols) {
+      return absl::InvalidArgumentError("DeviceMatrix::Adopt: buffer size is not rows * cols * 2");
+    }
+    DeviceMatrix m;
+    m.data_ = std::move(data);
+    m.rows_ = rows;
+    m.cols_ = cols;
+    m.half_ = half;
+    return m;
+  }
   const uint16_t* data() const { return data_.as<uint16_t>(); }
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }

@@ -5,9 +5,12 @@
 //   compression: --budget 0.2 [--method defensive/uniform/merge]: the prompt's cache is compressed
 //                layer by layer during prefill, then decoded with vote-biased attention
 //   sampling: --temperature T --top-p P --seed S (default greedy)
-//   --gpu: decode on the CUDA device (CUDA builds): the prompt's cache, compressed or not, is
-//          installed on the device once and every decode step runs there
+//   --gpu: run on the CUDA device (CUDA builds): without compression the prefill and every
+//          decode step run there; with --budget < 1 the prompt is prefilled and compressed on the
+//          CPU, its compressed cache installed on the device once, and decoding runs there
+//          (--decode-budget merges on the CPU and is refused with --gpu)
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <iostream>
@@ -35,7 +38,7 @@ struct RunFlags {
   int threads = 2;
   float budget = 1.0f;
   int64_t decode_budget = 0;  // max KV entries per head during decode; 0 = unbounded
-  bool gpu = false;           // decode on the CUDA device
+  bool gpu = false;           // run on the CUDA device
   std::string method = compress::kDefaultMethod;
   SamplingOptions sampling;
 };
@@ -72,6 +75,42 @@ absl::StatusOr<std::vector<float>> RunPrefill(const RunFlags& f, Runner& runner,
   return std::move(result.last_logits);
 }
 
+#if KVWIRE_HAVE_CUDA
+// The device side of --gpu: weights, a runner and a cache with room for the prompt and every
+// generated token.
+struct GpuSession {
+  std::unique_ptr<GpuRunner> runner;
+  std::unique_ptr<GpuKvCache> cache;
+};
+
+absl::Status OpenGpu(const RunFlags& f, const Model& model, size_t prompt_length, GpuSession* s) {
+  if (f.decode_budget > 0) {
+    return absl::InvalidArgumentError("--decode-budget merges on the CPU; not with --gpu");
+  }
+  KVWIRE_ASSIGN_OR_RETURN(std::shared_ptr<const GpuModel> weights, GpuModel::Upload(model, {}));
+  KVWIRE_ASSIGN_OR_RETURN(s->runner, GpuRunner::Create(weights));
+  const int64_t room = std::min<int64_t>(static_cast<int64_t>(prompt_length) + f.max_tokens,
+                                         model.config().context_length);
+  KVWIRE_ASSIGN_OR_RETURN(s->cache, GpuKvCache::Create(*weights, room));
+  return absl::OkStatus();
+}
+
+// The prompt on the device, or (compression runs on the CPU) its compressed cache installed there.
+absl::StatusOr<std::vector<float>> GpuPrefill(const RunFlags& f, Runner& cpu,
+                                              absl::Span<const int32_t> prompt, GpuSession* s) {
+  if (f.budget >= 1.0f) {
+    std::cerr << "gpu: prefill and decode on " << s->runner->context().properties().name << "\n";
+    return s->runner->Prefill(prompt, {}, s->cache.get());
+  }
+  cache::KvCache host;
+  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, RunPrefill(f, cpu, prompt, &host));
+  KVWIRE_RETURN_IF_ERROR(s->cache->Install(host));
+  std::cerr << "gpu: prefill and compression on the CPU, decode on "
+            << s->runner->context().properties().name << "\n";
+  return logits;
+}
+#endif
+
 absl::Status Generate(const RunFlags& f) {
   KVWIRE_ASSIGN_OR_RETURN(auto model, Model::Load(f.model));
   KVWIRE_ASSIGN_OR_RETURN(auto tokenizer, LoadTokenizer(model->gguf()));
@@ -80,8 +119,6 @@ absl::Status Generate(const RunFlags& f) {
   Sampler sampler(f.sampling);
   StreamDecoder text(*tokenizer);
   cache::KvCache cache;
-  auto start = std::chrono::steady_clock::now();
-  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, RunPrefill(f, runner, prompt, &cache));
   // Continuous merging keeps each head within --decode-budget entries while generating.
   KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec, compress::CompressionSpec::Parse(f.method));
   compress::DecodeCompactor compactor(spec, model->config().n_heads, f.decode_budget);
@@ -92,24 +129,28 @@ absl::Status Generate(const RunFlags& f) {
       return compactor.OnStep(pl.layer, pl.window_queries, &cache.layers[pl.layer]);
     };
   }
-  // With --gpu every decode step runs on the device over the installed cache.
+  std::function<absl::StatusOr<std::vector<float>>()> prefill = [&] {
+    return RunPrefill(f, runner, prompt, &cache);
+  };
+  // Logits after `token`, the generated-th token after the prompt (0-based).
   std::function<absl::StatusOr<std::vector<float>>(int32_t, int32_t)> decode =
-      [&](int32_t token, int32_t position) {
-        return runner.Decode(token, position, &cache, decode_options);
+      [&](int32_t token, int32_t generated) {
+        return runner.Decode(token, DecodePosition(cache, generated), &cache, decode_options);
       };
 #if KVWIRE_HAVE_CUDA
-  std::unique_ptr<GpuRunner> gpu;
+  GpuSession gpu;
   if (f.gpu) {
-    if (f.decode_budget > 0) {
-      return absl::InvalidArgumentError("--decode-budget merges on the CPU; not with --gpu");
-    }
-    KVWIRE_ASSIGN_OR_RETURN(gpu, GpuRunner::Create(*model, {}));
-    KVWIRE_RETURN_IF_ERROR(gpu->Install(cache));
-    decode = [&](int32_t token, int32_t position) { return gpu->Decode(token, position); };
+    KVWIRE_RETURN_IF_ERROR(OpenGpu(f, *model, prompt.size(), &gpu));
+    prefill = [&] { return GpuPrefill(f, runner, prompt, &gpu); };
+    decode = [&](int32_t token, int32_t generated) {
+      return gpu.runner->Decode(token, gpu.cache->original_length() + generated, gpu.cache.get());
+    };
   }
 #else
   if (f.gpu) return absl::FailedPreconditionError("--gpu: this build has no CUDA");
 #endif
+  auto start = std::chrono::steady_clock::now();
+  KVWIRE_ASSIGN_OR_RETURN(std::vector<float> logits, prefill());
   const double prefill_s = Since(start);
   start = std::chrono::steady_clock::now();
   int generated = 0;
@@ -120,7 +161,7 @@ absl::Status Generate(const RunFlags& f) {
     KVWIRE_ASSIGN_OR_RETURN(const std::string piece, text.Push(next));
     std::cout << piece << std::flush;
     if (generated == f.max_tokens) break;
-    KVWIRE_ASSIGN_OR_RETURN(logits, decode(next, DecodePosition(cache, generated - 1)));
+    KVWIRE_ASSIGN_OR_RETURN(logits, decode(next, generated - 1));
   }
   std::cout << text.Finish() << "\n";
   const double decode_s = Since(start);
@@ -150,7 +191,7 @@ int main(int argc, char** argv) {
   app.add_option("--method", f.method, "compression spec, e.g. snapkv/adaptive/merge");
   app.add_option("--decode-budget", f.decode_budget,
                  "max KV entries per head while decoding (continuous merging); 0 = unbounded");
-  app.add_flag("--gpu", f.gpu, "decode on the CUDA device (CUDA builds)");
+  app.add_flag("--gpu", f.gpu, "prefill (without --budget) and decode on the CUDA device");
   app.add_option("--temperature", f.sampling.temperature, "0 = greedy");
   app.add_option("--top-p", f.sampling.top_p, "nucleus mass");
   app.add_option("--seed", f.sampling.seed, "sampling seed");
