@@ -5,6 +5,7 @@
 //                 [--transport ucx|loopback] [--capacity N] [--tls-cert F --tls-key F]
 //                 [--synthetic-kv LxHxD[xQ]]
 //                 [--gates GATES]  (learned gates: decode-time compaction of gate/... requests)
+//                 [--gpu DEVICE]   (the model and every request's cache on a CUDA device)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "decode_node/decode_service.h"
@@ -25,7 +26,12 @@ struct DecodeFlags {
 };
 
 absl::Status Serve(const DecodeFlags& f) {
+  KVWIRE_RETURN_IF_ERROR(grpc_util::CheckGpuFlags(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
+  std::unique_ptr<DeviceDecoder> device;
+  if (f.node.gpu >= 0) {
+    KVWIRE_ASSIGN_OR_RETURN(device, DeviceDecoder::Create(*model, f.node.gpu));
+  }
   KVWIRE_ASSIGN_OR_RETURN(auto tokenizer, runtime::LoadTokenizer(model->gguf()));
   compress::GateModel gates;
   if (!f.gates.empty()) {
@@ -46,13 +52,15 @@ absl::Status Serve(const DecodeFlags& f) {
   KVWIRE_RETURN_IF_ERROR(
       grpc_util::ApplySyntheticKv(f.node, &options.synthetic_kv, &options.model_name));
   options.gates = f.gates.empty() ? nullptr : &gates;
+  options.device = device.get();
   auto service =
       std::make_unique<DecodeServiceImpl>(*model, *tokenizer, transport.get(), &registry, options);
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));
   grpc_util::ServingNode node{
       .role = "decode",
-      .details = absl::StrCat("capacity ", f.capacity),
+      .details = absl::StrCat("capacity ", f.capacity, ", model on ",
+                              device != nullptr ? device->description() : "cpu"),
       .info = [&] { return service->Info(); },
   };
   KVWIRE_RETURN_IF_ERROR(grpc_util::ServeUntilSignal(f.node, server, &registry, node));

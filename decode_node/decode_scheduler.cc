@@ -51,8 +51,8 @@ void Generation::Finish(absl::Status status, std::string reason) {
   finish_reason_ = std::move(reason);
 }
 
-DecodeScheduler::DecodeScheduler(const runtime::Model& model, int n_threads)
-    : runner_(model, n_threads), thread_([this] { Loop(); }) {}
+DecodeScheduler::DecodeScheduler(const runtime::Model& model, int n_threads, DeviceDecoder* device)
+    : runner_(model, n_threads), device_(device), thread_([this] { Loop(); }) {}
 
 DecodeScheduler::~DecodeScheduler() {
   {
@@ -72,8 +72,28 @@ std::shared_ptr<Generation> DecodeScheduler::Submit(GenerationRequest request) {
   job->sampler->Sample(absl::MakeConstSpan(&one_logit, 1));
   job->next_token = request.first_token;
   job->request = std::move(request);
-  AttachCompactor(*job);
   std::shared_ptr<Generation> output = job->output;
+  if (device_ != nullptr) {
+    if (job->request.decode_kept_fraction > 0.0f) {
+      output->Finish(absl::FailedPreconditionError(
+                         "decode-time merging (a decode budget) runs on the CPU; this decode node "
+                         "runs the model on a CUDA device (--gpu)"),
+                     "error");
+      return output;
+    }
+    // Room for every token this request may still add.
+    absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> seq =
+        device_->Install(job->request.cache, job->request.max_tokens);
+    if (!seq.ok()) {
+      output->Finish(seq.status(), "error");
+      return output;
+    }
+    job->on_device = *std::move(seq);
+    // The host copy is no longer read: keep only its shape and original length.
+    job->request.cache =
+        cache::KvCache::Empty(job->request.cache.shape, job->request.cache.original_length);
+  }
+  AttachCompactor(*job);
   absl::MutexLock lock(&mu_);
   incoming_.push_back(std::move(job));
   ++active_;
@@ -105,8 +125,19 @@ void DecodeScheduler::AttachCompactor(Job& job) {
 
 bool DecodeScheduler::Step(Job& job) {
   cache::KvCache& cache = job.request.cache;
-  absl::StatusOr<std::vector<float>> logits = runner_.Decode(
-      job.next_token, runtime::DecodePosition(cache, job.generated - 1), &cache, job.options);
+  const int32_t position = runtime::DecodePosition(cache, job.generated - 1);
+  if (job.on_device != nullptr) {
+    const DeviceDecoder::Step step{job.on_device.get(), job.next_token, position};
+    absl::StatusOr<std::vector<std::vector<float>>> logits =
+        device_->DecodeBatch(absl::MakeConstSpan(&step, 1));
+    if (!logits.ok()) {
+      job.output->Finish(logits.status(), "error");
+      return false;
+    }
+    return Advance(job, (*logits)[0]);
+  }
+  absl::StatusOr<std::vector<float>> logits =
+      runner_.Decode(job.next_token, position, &cache, job.options);
   if (!logits.ok()) {
     job.output->Finish(logits.status(), "error");
     return false;
@@ -135,6 +166,7 @@ void DecodeScheduler::StepAll(std::vector<std::unique_ptr<Job>>& active) {
   // Cancelled requests leave first; every other request advances one token in a single batched
   // decode step (weights read once for all of them).
   std::vector<runtime::DecodeStep> steps;
+  std::vector<DeviceDecoder::Step> device_steps;
   std::vector<Job*> jobs;
   for (auto& job : active) {
     if (job->output->cancelled()) {
@@ -144,11 +176,17 @@ void DecodeScheduler::StepAll(std::vector<std::unique_ptr<Job>>& active) {
       continue;
     }
     cache::KvCache& cache = job->request.cache;
-    steps.push_back({job->next_token, runtime::DecodePosition(cache, job->generated - 1), &cache,
-                     &job->options});
+    const int32_t position = runtime::DecodePosition(cache, job->generated - 1);
+    if (job->on_device != nullptr) {
+      device_steps.push_back({job->on_device.get(), job->next_token, position});
+    } else {
+      steps.push_back({job->next_token, position, &cache, &job->options});
+    }
     jobs.push_back(job.get());
   }
-  absl::StatusOr<std::vector<std::vector<float>>> logits = runner_.DecodeBatch(steps);
+  // On a --gpu node every job is on the device (Submit installs it there or ends it).
+  absl::StatusOr<std::vector<std::vector<float>>> logits =
+      device_ != nullptr ? device_->DecodeBatch(device_steps) : runner_.DecodeBatch(steps);
   for (size_t i = 0; i < jobs.size(); ++i) {
     // A batch that fails validation is retried one request at a time, so only the bad one fails.
     const bool more = logits.ok() ? Advance(*jobs[i], (*logits)[i]) : Step(*jobs[i]);

@@ -7,6 +7,8 @@
 // is queued on the request's Generation; the RPC thread drains it with Next(). A request ends at
 // an end-of-sequence token ("stop"), at max_tokens ("length"), on Cancel(), or on a runtime error.
 // Decode positions continue from the cache's original prompt length (runtime::DecodePosition).
+// On a --gpu node the caches live on the device and the batched step runs there
+// (device_decoder.h).
 //
 // Thread-safety: Submit/Cancel/Next are thread-safe. Errors: Next returns the runtime's error,
 // CANCELLED after Cancel, DEADLINE_EXCEEDED when no token came in time.
@@ -23,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "decode_node/device_decoder.h"
 #include "kvwire/base/deadline.h"
 #include "kvwire/cache/kv_cache.h"
 #include "kvwire/compress/decode_compactor.h"
@@ -75,7 +78,10 @@ class Generation {
 
 class DecodeScheduler {
  public:
-  DecodeScheduler(const runtime::Model& model, int n_threads);
+  // With `device` (must outlive the scheduler) every request's cache is uploaded at Submit and
+  // all decoding runs there (DeviceDecoder::DecodeBatch); requests with a decode budget end
+  // with FAILED_PRECONDITION (decode-time merging runs on the CPU only).
+  DecodeScheduler(const runtime::Model& model, int n_threads, DeviceDecoder* device = nullptr);
   ~DecodeScheduler();  // cancels what is still running and joins the thread
   DecodeScheduler(const DecodeScheduler&) = delete;
   DecodeScheduler& operator=(const DecodeScheduler&) = delete;
@@ -89,6 +95,7 @@ class DecodeScheduler {
     std::shared_ptr<Generation> output;
     std::unique_ptr<runtime::Sampler> sampler;
     std::unique_ptr<compress::DecodeCompactor> compactor;  // null without decode_kept_fraction
+    std::unique_ptr<DeviceDecoder::Sequence> on_device;    // the cache, on a --gpu node
     runtime::ForwardOptions options;
     int32_t next_token = 0;  // fed at the next step
     int generated = 1;       // tokens sampled so far, first_token included
@@ -103,6 +110,7 @@ class DecodeScheduler {
   bool Advance(Job& job, absl::Span<const float> logits);
 
   runtime::Runner runner_;  // used only by the scheduler thread
+  DeviceDecoder* device_;   // null: the runner decodes
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Job>> incoming_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

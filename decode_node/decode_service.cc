@@ -57,7 +57,7 @@ DecodeServiceImpl::DecodeServiceImpl(const runtime::Model& model,
               : control::ModelFingerprint(kv_shape_, model.config().n_heads,
                                           model.config().vocab_size)),
       grants_(control::GrantTableOptions{.capacity = options_.capacity}),
-      scheduler_(model, options_.threads) {
+      scheduler_(model, options_.threads, options_.device) {
   auto counter = [&](absl::string_view name, absl::string_view help) {
     return metrics->CounterOrDetached(name, help);
   };

@@ -44,8 +44,8 @@ struct DecodeNodeOptions {
   std::string model_name;
   kvwire::v1::TransportKind transport_kind = kvwire::v1::TRANSPORT_KIND_UCX;
   uint32_t capacity = 8;
-  absl::Duration lease = absl::Seconds(10);             // stream must start within it ...
-  absl::Duration max_lease = absl::Seconds(600);        // ... or within what Reserve asks, up to this
+  absl::Duration lease = absl::Seconds(10);       // stream must start within it ...
+  absl::Duration max_lease = absl::Seconds(600);  // ... or within what Reserve asks, up to this
   absl::Duration transfer_timeout = absl::Seconds(60);  // stream must commit within lease + this
   absl::Duration claim_timeout = absl::Seconds(60);     // a committed cache waits this for Decode
   absl::Duration token_timeout = absl::Seconds(60);     // longest wait for one token
@@ -57,6 +57,8 @@ struct DecodeNodeOptions {
   std::optional<control::SyntheticKv> synthetic_kv;
   // Learned gates for decode-time compaction of gate/... requests (must outlive the service).
   const compress::GateModel* gates = nullptr;
+  // The CUDA device that decodes (kvwire-decode --gpu; must outlive the service); null = CPU.
+  DeviceDecoder* device = nullptr;
 };
 
 class DecodeServiceImpl final : public kvwire::v1::DecodeService::Service {

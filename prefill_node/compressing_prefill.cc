@@ -89,8 +89,8 @@ absl::StatusOr<std::vector<float>> CompressingPrefill::GateScores(const runtime:
   const size_t want = static_cast<size_t>(pl.n_tokens) * cfg.n_kv_heads;
   if (scores.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("gate scores of layer ", pl.layer, " hold ",
-                                                   scores.size(), " values, want n_kv_heads * L = ",
-                                                   want));
+                                                   scores.size(),
+                                                   " values, want n_kv_heads * L = ", want));
   }
   return scores;
 }
@@ -118,7 +118,8 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
   const bool recon = spec.scorer == compress::ScorerKind::kRecon && !full_budget;
   if (gate && !gate_scorer_) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the ", spec.ToString(), " method needs gate scores per layer and none are "
+        absl::StrCat("the ", spec.ToString(),
+                     " method needs gate scores per layer and none are "
                      "configured (CompressingPrefill::set_gate_scorer)"));
   }
   PrefillResult result;
@@ -140,7 +141,8 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
       return absl::OkStatus();
     }
     compress::LayerStats stats;
-    KVWIRE_ASSIGN_OR_RETURN(cache::LayerCache layer, compressor.CompressLayer(in, runner_->pool(), &stats));
+    KVWIRE_ASSIGN_OR_RETURN(cache::LayerCache layer,
+                            compressor.CompressLayer(in, runner_->pool(), &stats));
     result.compress_seconds += SecondsSince(start);
     result.kept_entries += stats.kept;
     const auto sink_start = Clock::now();
@@ -148,12 +150,30 @@ absl::StatusOr<PrefillResult> CompressingPrefill::Run(absl::Span<const int32_t> 
     result.sink_seconds += SecondsSince(sink_start);
     return sunk;
   };
+  if (device_ != nullptr && !gate && !recon && device_->CompressesOnDevice(compressor).ok()) {
+    // Scored, selected and merged where the layer was computed: only kept entries reach the host.
+    DevicePrefillTimes times;
+    const auto start = Clock::now();
+    KVWIRE_ASSIGN_OR_RETURN(result.last_logits,
+                            device_->RunCompressed(prompt, compressor, sink, &times));
+    result.compress_seconds = times.compress_seconds;
+    result.sink_seconds = times.sink_seconds;
+    result.kept_entries = times.kept_entries;
+    result.prefill_seconds = SecondsSince(start) - result.compress_seconds - result.sink_seconds;
+    result.compressed_on_device = true;
+    return result;
+  }
   runtime::ForwardOptions options;
   options.window = static_cast<int>(compressor.QueryRows(L));
   options.on_layer = hook;
   cache::KvCache full;
   const auto start = Clock::now();
-  KVWIRE_ASSIGN_OR_RETURN(result.last_logits, runner_->Prefill(prompt, options, &full));
+  // On a device the hook sees host copies of each layer; the whole cache comes back only for
+  // recon, the one method that reads it.
+  KVWIRE_ASSIGN_OR_RETURN(result.last_logits,
+                          device_ != nullptr
+                              ? device_->Prefill(prompt, options, recon ? &full : nullptr)
+                              : runner_->Prefill(prompt, options, &full));
   result.prefill_seconds = SecondsSince(start) - result.compress_seconds - result.sink_seconds;
   if (streaming) return result;
 

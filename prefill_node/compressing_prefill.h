@@ -28,6 +28,7 @@
 #include "kvwire/cache/kv_cache.h"
 #include "kvwire/compress/compressor.h"
 #include "kvwire/compress/recon.h"
+#include "prefill_node/device_prefill.h"
 #include "runtime/model.h"
 #include "runtime/runner.h"
 
@@ -52,7 +53,8 @@ struct PrefillResult {
   // The part of compress_seconds spent producing external scores: the recon scorer's
   // reconstruction passes, or the gate scorer's LayerScorer calls.
   double external_score_seconds = 0;
-  int64_t kept_entries = 0;  // over all layers and KV heads
+  int64_t kept_entries = 0;           // over all layers and KV heads
+  bool compressed_on_device = false;  // scored, selected and merged on the CUDA device
 };
 
 // The output projection of `layer` as fp32 [hidden][n_heads*head_dim] (what +critical needs).
@@ -71,6 +73,10 @@ class CompressingPrefill {
   // The recon scorer's passes (chunk size, prompt). Without a prompt, one is built once from the
   // model's tokenizer and chat template with options.turn.
   void set_recon_options(compress::ReconOptions options) { recon_options_ = std::move(options); }
+  // Runs the forward pass on a CUDA device instead of the runner (which still provides the
+  // thread pool and the recon passes): methods the device compressor runs are compressed there,
+  // the others on the CPU from host copies of each layer (device_prefill.h). Null: the runner.
+  void set_device(DevicePrefill* device) { device_ = device; }
 
   // Convenience: the whole compressed cache of a prompt (what a decode node installs).
   absl::StatusOr<cache::KvCache> CompressPrompt(absl::Span<const int32_t> prompt,
@@ -101,6 +107,7 @@ class CompressingPrefill {
   std::vector<std::vector<float>> wo_;  // [n_layers], filled lazily for +critical
   LayerScorer gate_scorer_;
   compress::ReconOptions recon_options_;
+  DevicePrefill* device_ = nullptr;
 };
 
 }  // namespace kvwire::prefill

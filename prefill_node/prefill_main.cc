@@ -5,6 +5,7 @@
 //                  [--transport ucx|loopback] [--workers N] [--queue N] [--tls-cert F --tls-key F]
 //                  [--synthetic-kv LxHxD[xQ]]
 //                  [--gates GATES]  (learned gates for gate/... methods, kvwire-train-gates)
+//                  [--gpu DEVICE]   (the model and, where it can, the compression on a CUDA device)
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/log.h"
@@ -24,7 +25,13 @@ struct PrefillFlags {
 };
 
 absl::Status Serve(const PrefillFlags& f) {
+  KVWIRE_RETURN_IF_ERROR(grpc_util::CheckGpuFlags(f.node));
   KVWIRE_ASSIGN_OR_RETURN(auto model, runtime::Model::Load(f.node.model));
+  std::vector<std::unique_ptr<DevicePrefill>> devices;
+  if (f.node.gpu >= 0) {
+    KVWIRE_ASSIGN_OR_RETURN(devices, DevicePrefill::CreateWorkers(*model, f.node.gpu, f.workers));
+  }
+  const std::string where = devices.empty() ? "cpu" : devices.front()->description();
   compress::GateModel gates;
   if (!f.gates.empty()) {
     const runtime::ModelConfig& c = model->config();
@@ -43,12 +50,13 @@ absl::Status Serve(const PrefillFlags& f) {
   KVWIRE_RETURN_IF_ERROR(
       grpc_util::ApplySyntheticKv(f.node, &options.synthetic_kv, &options.model_name));
   options.gates = f.gates.empty() ? nullptr : &gates;
-  auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options);
+  auto service = std::make_unique<PrefillServiceImpl>(*model, transport.get(), &registry, options,
+                                                      std::move(devices));
   KVWIRE_ASSIGN_OR_RETURN(grpc_util::RunningServer server,
                           grpc_util::StartServer(f.node.listen, credentials, {service.get()}));
   grpc_util::ServingNode node{
       .role = "prefill",
-      .details = absl::StrCat("workers ", f.workers, ", queue ", f.queue),
+      .details = absl::StrCat("workers ", f.workers, ", queue ", f.queue, ", model on ", where),
       .info = [&] { return service->Info(); },
       .begin_drain = [&] { service->BeginShutdown(); },
       .drain_seconds = f.drain_seconds,

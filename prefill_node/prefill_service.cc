@@ -47,7 +47,8 @@ absl::StatusOr<Token> GrantToken(const kvwire::v1::Grant& grant) {
 
 PrefillServiceImpl::PrefillServiceImpl(const runtime::Model& model, transport::Transport* transport,
                                        control::MetricsRegistry* metrics,
-                                       PrefillNodeOptions options)
+                                       PrefillNodeOptions options,
+                                       std::vector<std::unique_ptr<DevicePrefill>> devices)
     : model_(model),
       transport_(transport),
       options_(std::move(options)),
@@ -78,7 +79,10 @@ PrefillServiceImpl::PrefillServiceImpl(const runtime::Model& model, transport::T
   };
   absl::MutexLock lock(&mu_);
   for (int i = 0; i < options_.workers; ++i) {
-    idle_.push_back(std::make_unique<runtime::Runner>(model_, options_.threads));
+    auto worker = std::make_unique<Worker>();
+    worker->runner = std::make_unique<runtime::Runner>(model_, options_.threads);
+    if (static_cast<size_t>(i) < devices.size()) worker->device = std::move(devices[i]);
+    idle_.push_back(std::move(worker));
   }
 }
 
@@ -137,7 +141,7 @@ absl::Status PrefillServiceImpl::Validate(const kvwire::v1::PrefillRequest& requ
   return GrantToken(grant).status();
 }
 
-absl::StatusOr<std::unique_ptr<runtime::Runner>> PrefillServiceImpl::AcquireRunner(
+absl::StatusOr<std::unique_ptr<PrefillServiceImpl::Worker>> PrefillServiceImpl::AcquireWorker(
     Deadline deadline) {
   absl::MutexLock lock(&mu_);
   if (idle_.empty() && waiting_ >= options_.queue_limit) {
@@ -151,15 +155,15 @@ absl::StatusOr<std::unique_ptr<runtime::Runner>> PrefillServiceImpl::AcquireRunn
   --waiting_;
   metrics_.queue_depth->Set(waiting_);
   if (!got) return absl::DeadlineExceededError("no prefill worker became free in time");
-  std::unique_ptr<runtime::Runner> runner = std::move(idle_.back());
+  std::unique_ptr<Worker> worker = std::move(idle_.back());
   idle_.pop_back();
   metrics_.in_flight->Set(++in_flight_);
-  return runner;
+  return worker;
 }
 
-void PrefillServiceImpl::ReturnRunner(std::unique_ptr<runtime::Runner> runner) {
+void PrefillServiceImpl::ReturnWorker(std::unique_ptr<Worker> worker) {
   absl::MutexLock lock(&mu_);
-  idle_.push_back(std::move(runner));
+  idle_.push_back(std::move(worker));
   metrics_.in_flight->Set(--in_flight_);
 }
 
@@ -197,18 +201,19 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::DoPrefill(
   KVWIRE_RETURN_IF_ERROR(Validate(request));
   const Deadline deadline = CallDeadline(*context, options_.default_deadline);
   const absl::Time queued = absl::Now();
-  KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::Runner> runner, AcquireRunner(deadline));
+  KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker, AcquireWorker(deadline));
   const absl::Duration queue_time = absl::Now() - queued;
   absl::StatusOr<kvwire::v1::PrefillResponse> result =
-      RunAndStream(context, request, runner.get(), deadline);
-  ReturnRunner(std::move(runner));
+      RunAndStream(context, request, worker.get(), deadline);
+  ReturnWorker(std::move(worker));
   if (result.ok()) result->mutable_stats()->set_queue_ms(absl::ToDoubleMilliseconds(queue_time));
   return result;
 }
 
 absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
-    grpc::ServerContext* context, const kvwire::v1::PrefillRequest& request,
-    runtime::Runner* runner, Deadline deadline) {
+    grpc::ServerContext* context, const kvwire::v1::PrefillRequest& request, Worker* worker,
+    Deadline deadline) {
+  runtime::Runner* runner = worker->runner.get();
   const std::string method = request.compression().method().empty()
                                  ? options_.default_method
                                  : request.compression().method();
@@ -240,6 +245,7 @@ absl::StatusOr<kvwire::v1::PrefillResponse> PrefillServiceImpl::RunAndStream(
   KVWIRE_RETURN_IF_ERROR(sender.Start());
   const absl::Time start = absl::Now();
   CompressingPrefill prefill(runner);
+  prefill.set_device(worker->device.get());
   if (options_.gates != nullptr) {
     // Scored inline from each layer's attention input as the layer finishes.
     auto gates = std::make_shared<compress::GateScorer>(options_.gates);

@@ -33,6 +33,7 @@
 #include "kvwire/control/synthetic_kv.h"
 #include "kvwire/transport/transport.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
+#include "prefill_node/device_prefill.h"
 #include "runtime/model.h"
 #include "runtime/runner.h"
 
@@ -59,9 +60,11 @@ struct PrefillNodeOptions {
 
 class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
  public:
-  // `model`, `transport` and `metrics` must outlive the service.
+  // `model`, `transport` and `metrics` must outlive the service. `devices`: empty (the model runs
+  // on the CPU) or one CUDA worker per options.workers (DevicePrefill::CreateWorkers).
   PrefillServiceImpl(const runtime::Model& model, transport::Transport* transport,
-                     control::MetricsRegistry* metrics, PrefillNodeOptions options);
+                     control::MetricsRegistry* metrics, PrefillNodeOptions options,
+                     std::vector<std::unique_ptr<DevicePrefill>> devices = {});
 
   grpc::Status Prefill(grpc::ServerContext* context, const kvwire::v1::PrefillRequest* request,
                        kvwire::v1::PrefillResponse* response) override;
@@ -82,14 +85,20 @@ class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
     control::Histogram* transfer_ms;
   };
 
+  // One worker: a CPU runner (thread pool, recon passes, the model itself without a device) and
+  // optionally the CUDA device that runs the forward pass.
+  struct Worker {
+    std::unique_ptr<runtime::Runner> runner;
+    std::unique_ptr<DevicePrefill> device;
+  };
   absl::Status Validate(const kvwire::v1::PrefillRequest& request) const;
-  absl::StatusOr<std::unique_ptr<runtime::Runner>> AcquireRunner(Deadline deadline);
-  void ReturnRunner(std::unique_ptr<runtime::Runner> runner);
+  absl::StatusOr<std::unique_ptr<Worker>> AcquireWorker(Deadline deadline);
+  void ReturnWorker(std::unique_ptr<Worker> worker);
   absl::StatusOr<kvwire::v1::PrefillResponse> DoPrefill(grpc::ServerContext* context,
                                                         const kvwire::v1::PrefillRequest& request);
   absl::StatusOr<kvwire::v1::PrefillResponse> RunAndStream(
-      grpc::ServerContext* context, const kvwire::v1::PrefillRequest& request,
-      runtime::Runner* runner, Deadline deadline);
+      grpc::ServerContext* context, const kvwire::v1::PrefillRequest& request, Worker* worker,
+      Deadline deadline);
   void Record(const kvwire::v1::RequestStats& stats);
 
   const runtime::Model& model_;
@@ -101,7 +110,7 @@ class PrefillServiceImpl final : public kvwire::v1::PrefillService::Service {
   Metrics metrics_;
   std::atomic<bool> shutting_down_{false};
   absl::Mutex mu_;
-  std::vector<std::unique_ptr<runtime::Runner>> idle_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Worker>> idle_ ABSL_GUARDED_BY(mu_);
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };

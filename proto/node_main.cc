@@ -32,6 +32,18 @@ void AddNodeFlags(CLI::App& app, NodeFlags* f) {
                  "benchmarks: pseudo-random KV of shape LAYERSxKVHEADSxDIM[xQUERYHEADS] instead of "
                  "the model (prefill streams it, decode installs it and answers a fixed text; "
                  "both nodes need the same shape)");
+  app.add_option("--gpu", f->gpu,
+                 "run the model on this CUDA device (CUDA builds; weights uploaded once, the KV "
+                 "cache stays on the device)")
+      ->check(CLI::Range(0, 63));
+}
+
+absl::Status CheckGpuFlags(const NodeFlags& flags) {
+  if (flags.gpu >= 0 && !flags.synthetic_kv.empty()) {
+    return absl::InvalidArgumentError(
+        "--gpu runs the model; --synthetic-kv replaces it: use one of them");
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<transport::Transport>> MakeNodeTransport(const NodeFlags& flags) {

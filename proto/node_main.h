@@ -37,6 +37,7 @@ struct NodeFlags {
   TlsFiles tls;
   bool control_tls = false;
   std::string synthetic_kv;  // benchmarks: LxHxD[xQ] pseudo-random KV instead of the model
+  int gpu = -1;              // CUDA device that runs the model; -1 = the CPU
 };
 
 void AddNodeFlags(CLI::App& app, NodeFlags* flags);
@@ -52,6 +53,9 @@ absl::StatusOr<std::unique_ptr<control::MetricsHttpServer>> StartMetrics(
 // Starts registration with the control plane when --control is set (nullptr otherwise).
 absl::StatusOr<std::unique_ptr<NodeAgent>> StartAgent(const NodeFlags& flags,
                                                       NodeAgent::InfoFn info);
+
+// INVALID_ARGUMENT when --gpu is combined with what it cannot serve (--synthetic-kv: no model).
+absl::Status CheckGpuFlags(const NodeFlags& flags);
 
 // --model-name, or the model file's name without directory and ".gguf".
 std::string ModelName(const NodeFlags& flags);

@@ -14,9 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kvwire/base/status.h"
+#include "kvwire/compress/spec.h"
 #include "kvwire/v1/decode.grpc.pb.h"
 #include "kvwire/v1/prefill.grpc.pb.h"
 #include "proto/grpc_util.h"
@@ -446,6 +448,109 @@ TEST(NodesModel, RealModelFullBudgetMatchesLocalRun) {
   auto decoded = client.Decode(*grant, prefilled->first_token_id());
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->first, LocalTokens(prompt, model));
+}
+
+// --gpu DEVICE when no device can serve it: what a node printed before it exited, and its exit
+// code. Empty output and code -1 when it started serving instead (a usable device).
+struct GpuStart {
+  std::string output;
+  int exit_code = -1;
+};
+
+GpuStart StartWithGpu(const std::string& binary) {
+  // stderr (where a refusing node says why) joins stdout, which the test reads.
+  const std::string command = absl::StrCat("exec '", binary, "' --listen 127.0.0.1:0 --model '",
+                                           ModelPath(), "' --ucx-tls tcp --gpu 0 2>&1");
+  auto child = transport::testing::ChildProcess::Spawn({"/bin/sh", "-c", command});
+  EXPECT_TRUE(child.ok()) << child.status();
+  GpuStart start;
+  if (!child.ok()) return start;
+  const Deadline deadline = Deadline::In(absl::Seconds(60));
+  std::string output;
+  for (absl::StatusOr<std::string> line = (*child)->ReadLine(deadline); line.ok();
+       line = (*child)->ReadLine(deadline)) {
+    if (absl::StartsWith(*line, "listening ")) {
+      (*child)->Kill();
+      return start;
+    }
+    absl::StrAppend(&output, *line, "\n");
+  }
+  absl::StatusOr<int> code = (*child)->Wait(deadline);
+  EXPECT_TRUE(code.ok()) << code.status();
+  start.output = output;
+  start.exit_code = code.ok() ? *code : -2;
+  return start;
+}
+
+// The reasons a node gives for not running on a device: a build without CUDA, or none usable.
+bool SaysWhyNoDevice(const std::string& output) {
+  return absl::StrContains(output, "this build has no CUDA") ||
+         absl::StrContains(output, "no CUDA device");
+}
+
+// Without a usable device (or CUDA in the build) a --gpu node must not fall back silently: it
+// exits with status 1 and names the reason. On a machine with a device this is skipped and
+// NodesGpu.GpuNodesMatchTheLocalCpuRun covers the flag.
+TEST(NodesGpu, WithoutADeviceEachNodeRefusesToStartAndSaysWhy) {
+  for (const std::string binary : {KVWIRE_DECODE_BIN, KVWIRE_PREFILL_BIN}) {
+    const GpuStart start = StartWithGpu(binary);
+    if (start.exit_code == -1) GTEST_SKIP() << "a CUDA device is usable here";
+    EXPECT_EQ(start.exit_code, 1) << binary << ":\n" << start.output;
+    EXPECT_TRUE(SaysWhyNoDevice(start.output)) << binary << ":\n" << start.output;
+  }
+}
+
+// With a device: both nodes run the model there. Budget 1 must give the local CPU run's greedy
+// tokens (fp16 weights, fp32 accumulation: the tiny model's argmax agrees, as in
+// tests/kernels_gpu/gpu_runner_test.cc); at 0.2 the default method is compressed on the device
+// (about a fifth of the raw bytes), so is a +critical method (W_o uploaded for it), a method the
+// device compressor does not run (h2o) takes the host path, and a decode budget is refused on the
+// --gpu decode node.
+TEST(NodesGpu, GpuNodesMatchTheLocalCpuRun) {
+  const GpuStart probe = StartWithGpu(KVWIRE_DECODE_BIN);
+  if (probe.exit_code != -1) {
+    ASSERT_TRUE(SaysWhyNoDevice(probe.output)) << probe.output;
+    GTEST_SKIP() << "no usable CUDA device: " << probe.output;
+  }
+  auto decode = StartNode(KVWIRE_DECODE_BIN, {"--capacity", "4", "--gpu", "0"});
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  auto prefill = StartNode(KVWIRE_PREFILL_BIN, {"--workers", "1", "--gpu", "0"});
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  Client client(*decode, *prefill);
+
+  const std::vector<uint32_t> prompt = Prompt(60);
+  auto grant = client.Reserve(NewRequestId(), 60, 1.0f);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  auto prefilled = client.Prefill(*grant, prompt, 1.0f);
+  ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+  auto decoded = client.Decode(*grant, prefilled->first_token_id());
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->first, LocalTokens(prompt));
+
+  const std::vector<uint32_t> long_prompt = Prompt(400);
+  for (const std::string& method :
+       {std::string(compress::kDefaultMethod), std::string("snapkv+critical/adaptive/merge"),
+        std::string("h2o/uniform/merge")}) {
+    SCOPED_TRACE(method);
+    grant = client.Reserve(NewRequestId(), 400, 0.2f);
+    ASSERT_TRUE(grant.ok()) << grant.status();
+    prefilled = client.Prefill(*grant, long_prompt, 0.2f, absl::Seconds(60), method);
+    ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+    const double ratio = static_cast<double>(prefilled->stats().wire_bytes()) /
+                         static_cast<double>(prefilled->stats().raw_kv_bytes());
+    EXPECT_GT(ratio, 0.18);
+    EXPECT_LT(ratio, 0.25);
+    decoded = client.Decode(*grant, prefilled->first_token_id());
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_FALSE(decoded->first.empty());
+  }
+
+  grant = client.Reserve(NewRequestId(), 60, 1.0f);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  prefilled = client.Prefill(*grant, prompt, 1.0f);
+  ASSERT_TRUE(prefilled.ok()) << prefilled.status();
+  decoded = client.Decode(*grant, prefilled->first_token_id(), /*decode_kept_fraction=*/0.5f);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition) << decoded.status();
 }
 
 }  // namespace

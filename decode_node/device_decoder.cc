@@ -1,0 +1,116 @@
+#include "decode_node/device_decoder.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kvwire/base/status.h"
+#include "kvwire/config.h"
+
+#if KVWIRE_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "runtime/gpu_runner.h"
+#endif
+
+namespace kvwire::decode {
+
+#if KVWIRE_HAVE_CUDA
+
+struct DeviceDecoder::Sequence::State {
+  std::unique_ptr<runtime::GpuKvCache> cache;
+};
+
+struct DeviceDecoder::Impl {
+  std::string description;
+  absl::Mutex mu;
+  std::shared_ptr<const runtime::GpuModel> weights;
+  std::unique_ptr<runtime::GpuRunner> runner ABSL_GUARDED_BY(mu);
+};
+
+absl::StatusOr<std::unique_ptr<DeviceDecoder>> DeviceDecoder::Create(const runtime::Model& model,
+                                                                     int device) {
+  KVWIRE_RETURN_IF_ERROR(kernels::cuda::ProbeDevice());
+  auto impl = std::make_unique<Impl>();
+  KVWIRE_ASSIGN_OR_RETURN(impl->weights, runtime::GpuModel::Upload(model, {.device = device}));
+  {
+    absl::MutexLock lock(&impl->mu);
+    KVWIRE_ASSIGN_OR_RETURN(impl->runner, runtime::GpuRunner::Create(impl->weights));
+    impl->description =
+        absl::StrCat("cuda:", device, " ", impl->runner->context().properties().name);
+  }
+  return std::unique_ptr<DeviceDecoder>(new DeviceDecoder(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> DeviceDecoder::Install(
+    const cache::KvCache& cache, int64_t extra_entries) {
+  if (extra_entries < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("extra_entries ", extra_entries, " < 0"));
+  }
+  int64_t longest = 0;
+  for (const cache::LayerCache& layer : cache.layers) {
+    for (const auto& head : layer.heads) longest = std::max<int64_t>(longest, head.size());
+  }
+  absl::MutexLock lock(&impl_->mu);
+  auto state = std::make_unique<Sequence::State>();
+  KVWIRE_ASSIGN_OR_RETURN(state->cache,
+                          runtime::GpuKvCache::Create(*impl_->weights, longest + extra_entries));
+  KVWIRE_RETURN_IF_ERROR(state->cache->Install(cache));
+  return std::unique_ptr<Sequence>(new Sequence(std::move(state)));
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> DeviceDecoder::DecodeBatch(
+    absl::Span<const Step> steps) {
+  std::vector<runtime::GpuDecodeStep> gpu_steps;
+  gpu_steps.reserve(steps.size());
+  for (const Step& s : steps) {
+    if (s.sequence == nullptr) return absl::InvalidArgumentError("decode step without a sequence");
+    gpu_steps.push_back({s.token, s.position, s.sequence->state_->cache.get()});
+  }
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->runner->DecodeBatch(gpu_steps);
+}
+
+int32_t DeviceDecoder::Sequence::original_length() const {
+  return state_->cache->original_length();
+}
+
+#else  // !KVWIRE_HAVE_CUDA
+
+struct DeviceDecoder::Sequence::State {
+  int32_t original_length = 0;
+};
+
+struct DeviceDecoder::Impl {
+  std::string description;
+};
+
+absl::StatusOr<std::unique_ptr<DeviceDecoder>> DeviceDecoder::Create(const runtime::Model&,
+                                                                     int device) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("--gpu ", device,
+                   ": this build has no CUDA (configure with -DKVWIRE_CUDA=ON "
+                   "on a machine with the CUDA toolkit)"));
+}
+
+absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> DeviceDecoder::Install(
+    const cache::KvCache&, int64_t) {
+  return absl::FailedPreconditionError("this build has no CUDA");
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> DeviceDecoder::DecodeBatch(absl::Span<const Step>) {
+  return absl::FailedPreconditionError("this build has no CUDA");
+}
+
+int32_t DeviceDecoder::Sequence::original_length() const { return state_->original_length; }
+
+#endif  // KVWIRE_HAVE_CUDA
+
+DeviceDecoder::Sequence::Sequence(std::unique_ptr<State> state) : state_(std::move(state)) {}
+DeviceDecoder::Sequence::~Sequence() = default;
+DeviceDecoder::DeviceDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeviceDecoder::~DeviceDecoder() = default;
+
+const std::string& DeviceDecoder::description() const { return impl_->description; }
+
+}  // namespace kvwire::decode
