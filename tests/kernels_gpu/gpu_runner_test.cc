@@ -40,8 +40,9 @@ void PrintTo(const RunnerCase& c, std::ostream* os) { *os << c.name; }
 
 const RunnerCase kLlamaQ8{"llama_q8_0", "llama", kernels::QuantType::kQ8_0};
 
-std::unique_ptr<Model> TinyModel(const RunnerCase& c) {
+std::unique_ptr<Model> TinyModel(const RunnerCase& c, int context_length = 1024) {
   TinyModelOptions o;
+  o.context_length = context_length;
   o.arch = c.arch;
   o.weight_type = c.weights;
   o.n_heads = 6;
@@ -497,6 +498,29 @@ TEST_F(GpuRunnerTest, RandomModelDecodesConsistently) {
   // The same device path over identical caches: equal up to cuBLAS's choice of algorithm.
   const float tol = 1e-4f * Scale(*one);
   for (size_t v = 0; v < one->size(); ++v) ASSERT_NEAR((*batch)[0][v], (*one)[v], tol) << v;
+}
+
+// Past 4096 tokens the runner splits the prefill's attention into chunks of queries.
+TEST_F(GpuRunnerTest, LongPrefillMatchesTheCpuAcrossAttentionChunks) {
+  std::unique_ptr<Model> model = TinyModel(kLlamaQ8, 4608);
+  ASSERT_NE(model, nullptr);
+  Runner cpu(*model, 4);
+  Device gpu = Device::Open(*model);
+  ASSERT_NE(gpu.runner, nullptr);
+  std::unique_ptr<GpuKvCache> gcache = gpu.Cache(4500);
+  ASSERT_NE(gcache, nullptr);
+  const std::vector<int32_t> prompt = Prompt(4400, 97, 13);
+  cache::KvCache cache;
+  absl::StatusOr<std::vector<float>> want = cpu.Prefill(prompt, {}, &cache);
+  absl::StatusOr<std::vector<float>> got = gpu.runner->Prefill(prompt, {}, gcache.get());
+  ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+  ExpectLogitsClose(*got, *want, "long prefill");
+  absl::StatusOr<cache::KvCache> back = gcache->Download();
+  ASSERT_TRUE(back.ok()) << back.status();
+  const cache::HeadSegment& seg = back->layers[1].heads[1];
+  ASSERT_EQ(seg.size(), prompt.size());
+  EXPECT_EQ(seg.positions, cache.layers[1].heads[1].positions);
+  ExpectClose(seg.values, cache.layers[1].heads[1].values, "long prefill values");
 }
 
 // Needs no device: the config is checked before the device is touched.
