@@ -195,19 +195,27 @@ absl::Status GpuRunner::PlanAppends(absl::Span<const Sequence> seqs) {
   return targets_.Upload(*ctx_, host_targets_.data(), bytes);
 }
 
-// Attention of one sequence over its cache, whose heads now end with the pass's rows.
+// Attention of one sequence over its cache, whose heads now end with the pass's rows. Long passes
+// go in chunks of queries (one launch holds at most 65535 / ceil(group / 8) queries): a chunk
+// ending at row b sees each head without the pass's rows after b, which keeps it causal.
 absl::Status GpuRunner::Attend(int l, const Sequence& seq) {
+  constexpr int64_t kQueriesPerCall = 4096;
   const ModelConfig& c = model_->config();
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   GpuKvCache& cache = *seq.cache;
+  for (int h = 0; h < c.n_kv_heads; ++h) cache.counts_[l][h] += seq.rows;
   std::vector<kernels::KvHeadView> views(c.n_kv_heads);
-  for (int h = 0; h < c.n_kv_heads; ++h) {
-    int64_t& count = cache.counts_[l][h];
-    count += seq.rows;
-    views[h] = {cache.keys(l, h), cache.values(l, h), cache.bias(l, h), count};
+  for (int64_t a = 0; a < seq.rows; a += kQueriesPerCall) {
+    const int64_t b = std::min(seq.rows, a + kQueriesPerCall);
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      views[h] = {cache.keys(l, h), cache.values(l, h), cache.bias(l, h),
+                  cache.counts_[l][h] - (seq.rows - b)};
+    }
+    KVWIRE_RETURN_IF_ERROR(kc::Attention(*ctx_, AttentionShapeFor(c, b - a),
+                                         F(q_) + (seq.row0 + a) * q_dim, views.data(),
+                                         F(attn_) + (seq.row0 + a) * q_dim));
   }
-  return kc::Attention(*ctx_, AttentionShapeFor(c, seq.rows), F(q_) + seq.row0 * q_dim,
-                       views.data(), F(attn_) + seq.row0 * q_dim);
+  return absl::OkStatus();
 }
 
 absl::Status GpuRunner::Layer(int l, int64_t n, absl::Span<const Sequence> seqs) {

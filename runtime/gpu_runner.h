@@ -15,7 +15,8 @@
 //     passes append their tokens' K/V (log-vote 0) on the device; Install/Download move a whole
 //     cache between host and device (blocking copies: never while a pass on it is running).
 //   * GpuRunner: the Llama block (RMSNorm, Q/K/V + bias, RoPE, vote-biased GQA attention, output
-//     projection, SwiGLU FFN) on its own stream. A pass uploads only token ids and positions and
+//     projection, SwiGLU FFN) on its own stream. A pass uploads only token ids, positions and a
+//     table of where each layer's K/V rows go (one append launch per layer for all sequences) and
 //     downloads only logits (and, when a host hook is set, the hook's tensors). Weight products
 //     run in 16 bits with fp32 accumulation (cuBLAS) and the embedding rows are 16-bit, so logits
 //     agree with the CPU to about 1e-2 relative, not bit for bit.

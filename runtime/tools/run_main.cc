@@ -120,7 +120,8 @@ absl::Status Generate(const RunFlags& f) {
   StreamDecoder text(*tokenizer);
   cache::KvCache cache;
   // Continuous merging keeps each head within --decode-budget entries while generating.
-  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec, compress::CompressionSpec::Parse(f.method));
+  KVWIRE_ASSIGN_OR_RETURN(const compress::CompressionSpec spec,
+                          compress::CompressionSpec::Parse(f.method));
   compress::DecodeCompactor compactor(spec, model->config().n_heads, f.decode_budget);
   ForwardOptions decode_options;
   if (f.decode_budget > 0) {

@@ -40,8 +40,9 @@ void PrintTo(const RunnerCase& c, std::ostream* os) { *os << c.name; }
 
 const RunnerCase kLlamaQ8{"llama_q8_0", "llama", kernels::QuantType::kQ8_0};
 
-std::unique_ptr<Model> TinyModel(const RunnerCase& c) {
+std::unique_ptr<Model> TinyModel(const RunnerCase& c, int context_length = 1024) {
   TinyModelOptions o;
+  o.context_length = context_length;
   o.arch = c.arch;
   o.weight_type = c.weights;
   o.n_heads = 6;
@@ -135,26 +136,36 @@ struct Device {
   }
 };
 
-class GpuRunnerParity : public kc::testing::GpuParamTest<RunnerCase> {};
+// Each test gets the case's tiny model, a CPU runner and the device side of the same model.
+class GpuRunnerParity : public kc::testing::GpuParamTest<RunnerCase> {
+ protected:
+  void SetUp() override {
+    kc::testing::GpuParamTest<RunnerCase>::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    model = TinyModel(GetParam());
+    ASSERT_NE(model, nullptr);
+    cpu = std::make_unique<Runner>(*model, 1);
+    gpu = Device::Open(*model);
+    ASSERT_NE(gpu.runner, nullptr);
+  }
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Runner> cpu;
+  Device gpu;
+};
 
 TEST_P(GpuRunnerParity, PrefillAndDecodeMatchTheCpuRunner) {
-  std::unique_ptr<Model> model = TinyModel(GetParam());
-  ASSERT_NE(model, nullptr);
-  Runner cpu(*model, 1);
-  Device gpu = Device::Open(*model);
-  ASSERT_NE(gpu.runner, nullptr);
   std::unique_ptr<GpuKvCache> gcache = gpu.Cache();
   ASSERT_NE(gcache, nullptr);
   const std::vector<int32_t> prompt = Prompt(45, 37, 11);
   cache::KvCache cache;
-  absl::StatusOr<std::vector<float>> want = cpu.Prefill(prompt, {}, &cache);
+  absl::StatusOr<std::vector<float>> want = cpu->Prefill(prompt, {}, &cache);
   absl::StatusOr<std::vector<float>> got = gpu.runner->Prefill(prompt, {}, gcache.get());
   ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
   ExpectLogitsClose(*got, *want, "prefill");
   EXPECT_EQ(gcache->original_length(), 45);
   for (int g = 0; g < 4; ++g) {
     const int32_t token = 3 + 17 * g;
-    want = cpu.Decode(token, DecodePosition(cache, g), &cache);
+    want = cpu->Decode(token, DecodePosition(cache, g), &cache);
     got = gpu.runner->Decode(token, gcache->original_length() + g, gcache.get());
     ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
     ExpectLogitsClose(*got, *want, "decode");
@@ -163,20 +174,15 @@ TEST_P(GpuRunnerParity, PrefillAndDecodeMatchTheCpuRunner) {
 }
 
 TEST_P(GpuRunnerParity, DecodesOverAnInstalledRaggedVotedCache) {
-  std::unique_ptr<Model> model = TinyModel(GetParam());
-  ASSERT_NE(model, nullptr);
-  Runner cpu(*model, 1);
   cache::KvCache full;
-  ASSERT_TRUE(cpu.Prefill(Prompt(60, 53, 7), {}, &full).ok());
+  ASSERT_TRUE(cpu->Prefill(Prompt(60, 53, 7), {}, &full).ok());
   cache::KvCache cache = RaggedVoted(full, 0);
-  Device gpu = Device::Open(*model);
-  ASSERT_NE(gpu.runner, nullptr);
   std::unique_ptr<GpuKvCache> gcache = gpu.Cache();
   ASSERT_NE(gcache, nullptr);
   ASSERT_TRUE(gcache->Install(cache).ok());
   for (int g = 0; g < 3; ++g) {
     const int32_t token = 5 + 29 * g;
-    absl::StatusOr<std::vector<float>> want = cpu.Decode(token, DecodePosition(cache, g), &cache);
+    absl::StatusOr<std::vector<float>> want = cpu->Decode(token, DecodePosition(cache, g), &cache);
     absl::StatusOr<std::vector<float>> got =
         gpu.runner->Decode(token, gcache->original_length() + g, gcache.get());
     ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
@@ -223,12 +229,7 @@ absl::StatusOr<SeenLayer> CopyFromDevice(const GpuPrefillLayer& pl, const ModelC
 }
 
 TEST_P(GpuRunnerParity, HooksSeeTheCpuRunnersTensors) {
-  std::unique_ptr<Model> model = TinyModel(GetParam());
-  ASSERT_NE(model, nullptr);
   const ModelConfig& c = model->config();
-  Runner cpu(*model, 1);
-  Device gpu = Device::Open(*model);
-  ASSERT_NE(gpu.runner, nullptr);
   std::unique_ptr<GpuKvCache> gcache = gpu.Cache();
   ASSERT_NE(gcache, nullptr);
   const std::vector<int32_t> prompt = Prompt(37, 41, 5);
@@ -253,7 +254,7 @@ TEST_P(GpuRunnerParity, HooksSeeTheCpuRunnersTensors) {
     return absl::OkStatus();
   };
   cache::KvCache cache;
-  absl::StatusOr<std::vector<float>> cpu_logits = cpu.Prefill(prompt, cpu_options, &cache);
+  absl::StatusOr<std::vector<float>> cpu_logits = cpu->Prefill(prompt, cpu_options, &cache);
   absl::StatusOr<std::vector<float>> gpu_logits =
       gpu.runner->Prefill(prompt, gpu_options, gcache.get());
   ASSERT_TRUE(cpu_logits.ok() && gpu_logits.ok()) << cpu_logits.status() << gpu_logits.status();
@@ -280,16 +281,11 @@ TEST_P(GpuRunnerParity, HooksSeeTheCpuRunnersTensors) {
 }
 
 TEST_P(GpuRunnerParity, DecodeBatchMatchesOneDecodePerCache) {
-  std::unique_ptr<Model> model = TinyModel(GetParam());
-  ASSERT_NE(model, nullptr);
-  Runner cpu(*model, 1);
-  Device gpu = Device::Open(*model);
-  ASSERT_NE(gpu.runner, nullptr);
   // Three sequences of different lengths, compressed differently.
   std::vector<cache::KvCache> host(3);
   for (int i = 0; i < 3; ++i) {
     cache::KvCache full;
-    ASSERT_TRUE(cpu.Prefill(Prompt(20 + 17 * i, 31 + 2 * i, i), {}, &full).ok());
+    ASSERT_TRUE(cpu->Prefill(Prompt(20 + 17 * i, 31 + 2 * i, i), {}, &full).ok());
     host[i] = RaggedVoted(full, i);
   }
   std::vector<std::unique_ptr<GpuKvCache>> batched, single;
@@ -311,7 +307,7 @@ TEST_P(GpuRunnerParity, DecodeBatchMatchesOneDecodePerCache) {
       cpu_steps.push_back({token, position, &host[i], nullptr});
     }
     absl::StatusOr<std::vector<std::vector<float>>> got = gpu.runner->DecodeBatch(steps);
-    absl::StatusOr<std::vector<std::vector<float>>> want = cpu.DecodeBatch(cpu_steps);
+    absl::StatusOr<std::vector<std::vector<float>>> want = cpu->DecodeBatch(cpu_steps);
     ASSERT_TRUE(got.ok() && want.ok()) << got.status() << want.status();
     ASSERT_EQ(got->size(), 3u);
     for (int i = 0; i < 3; ++i) {
@@ -502,6 +498,29 @@ TEST_F(GpuRunnerTest, RandomModelDecodesConsistently) {
   // The same device path over identical caches: equal up to cuBLAS's choice of algorithm.
   const float tol = 1e-4f * Scale(*one);
   for (size_t v = 0; v < one->size(); ++v) ASSERT_NEAR((*batch)[0][v], (*one)[v], tol) << v;
+}
+
+// Past 4096 tokens the runner splits the prefill's attention into chunks of queries.
+TEST_F(GpuRunnerTest, LongPrefillMatchesTheCpuAcrossAttentionChunks) {
+  std::unique_ptr<Model> model = TinyModel(kLlamaQ8, 4608);
+  ASSERT_NE(model, nullptr);
+  Runner cpu(*model, 4);
+  Device gpu = Device::Open(*model);
+  ASSERT_NE(gpu.runner, nullptr);
+  std::unique_ptr<GpuKvCache> gcache = gpu.Cache(4500);
+  ASSERT_NE(gcache, nullptr);
+  const std::vector<int32_t> prompt = Prompt(4400, 97, 13);
+  cache::KvCache cache;
+  absl::StatusOr<std::vector<float>> want = cpu.Prefill(prompt, {}, &cache);
+  absl::StatusOr<std::vector<float>> got = gpu.runner->Prefill(prompt, {}, gcache.get());
+  ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+  ExpectLogitsClose(*got, *want, "long prefill");
+  absl::StatusOr<cache::KvCache> back = gcache->Download();
+  ASSERT_TRUE(back.ok()) << back.status();
+  const cache::HeadSegment& seg = back->layers[1].heads[1];
+  ASSERT_EQ(seg.size(), prompt.size());
+  EXPECT_EQ(seg.positions, cache.layers[1].heads[1].positions);
+  ExpectClose(seg.values, cache.layers[1].heads[1].values, "long prefill values");
 }
 
 // Needs no device: the config is checked before the device is touched.
