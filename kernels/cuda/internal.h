@@ -28,10 +28,14 @@ inline unsigned GridFor(int64_t n, int threads, const Context& ctx) {
   return static_cast<unsigned>(needed < 1 ? 1 : (needed < cap ? needed : cap));
 }
 
-// Lets `kernel` use `bytes` of dynamic shared memory (beyond the default 48 KiB needs an opt-in).
+// Lets `kernel` use `bytes` of dynamic shared memory. Without an opt-in a block gets 48 KiB of
+// static and dynamic shared memory together, so the kernel's static arrays count too.
 template <typename Kernel>
 absl::Status AllowSharedMemory(Kernel* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return absl::OkStatus();
+  cudaFuncAttributes attributes{};
+  KVWIRE_RETURN_IF_ERROR(
+      FromCuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes"));
+  if (attributes.sharedSizeBytes + bytes <= 48 * 1024) return absl::OkStatus();
   return FromCuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)),
                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");

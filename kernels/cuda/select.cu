@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/internal.h"
@@ -142,8 +143,9 @@ absl::Status CheckPlan(const HeadSelectPlan& p, int64_t n, bool have_norms, size
 
 absl::Status SelectTopK(Context& ctx, const float* scores, const float* value_norm, int64_t length,
                         absl::Span<const HeadSelectPlan> heads, int32_t* keep, int32_t* evicted) {
-  if (length <= 0 || length > int64_t{0xFFFFFFFF}) {
-    return absl::InvalidArgumentError(absl::StrCat("select: length ", length));
+  if (length <= 0 || length > int64_t{std::numeric_limits<int32_t>::max()}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("select: length ", length, " outside [1, 2^31 - 1] (int32 indices)"));
   }
   std::vector<Plan> plans;
   int64_t keep_off = 0, evict_off = 0;

@@ -138,6 +138,9 @@ const ScoreCase kScoreCases[] = {
     {"g4_llama_shape", 32, 8, 128, 2113, 32, true},
     {"h2o_all_queries_g4", 8, 2, 32, 301, 301, true},
     {"short_prompt_fewer_keys_than_a_tile", 6, 2, 64, 9, 9, false},
+    {"dim256_opt_in_shared_memory", 4, 2, 256, 300, 32, true},
+    // Dynamic shared memory just under 48 KiB: over it only with the kernels' static arrays.
+    {"dim248_static_and_dynamic_shared_memory", 4, 2, 248, 300, 32, false},
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ScoringParity, ::testing::ValuesIn(kScoreCases),
@@ -172,7 +175,7 @@ double Cosine(const float* a, const float* b, int dim) {
 // rounding (1e-5), which random keys make vanishingly rare but not impossible.
 TEST_F(PoolAndCosine, CosineArgmaxMatchesCpu) {
   std::mt19937 rng(11);
-  for (int dim : {32, 64, 128}) {
+  for (int dim : {32, 64, 128, 256}) {
     for (auto [nq, nc] : {std::pair<int64_t, int64_t>{1000, 300}, {33, 1}, {5, 0}, {64, 97}}) {
       std::vector<float> qs = RandomNormal(nq * dim, rng), cs = RandomNormal(nc * dim, rng);
       if (nc > 1) std::fill(cs.begin(), cs.begin() + dim, 0.0f);    // a zero candidate

@@ -106,5 +106,16 @@ TEST_F(SelectArgs, RejectsPlansThatDoNotFit) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Indices are int32: a length past INT32_MAX would write negative indices.
+TEST_F(SelectArgs, RejectsLengthsPastInt32Indices) {
+  DeviceBuffer s = Zeros<float>(4);
+  DeviceBuffer out = Zeros<int32_t>(4);
+  const HeadSelectPlan plan{4, 0, 0, -1};
+  EXPECT_EQ(SelectTopK(ctx(), s.as<float>(), nullptr, int64_t{1} << 31, {&plan, 1},
+                       out.as<int32_t>(), nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace kvwire::kernels::cuda
