@@ -10,6 +10,7 @@
 
 #if KVWIRE_HAVE_CUDA
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/model_ops.h"
 #include "runtime/gpu_runner.h"
 #endif
 
@@ -18,11 +19,19 @@ namespace kvwire::decode {
 #if KVWIRE_HAVE_CUDA
 
 struct DeviceDecoder::Sequence::State {
+  int device = 0;
   std::unique_ptr<runtime::GpuKvCache> cache;
+  ~State() {
+    // Freed from whichever thread drops the request: on the cache's device.
+    if (cache != nullptr) kernels::cuda::UseDevice(device).IgnoreError();
+  }
 };
 
+// Every call makes the device current on its thread first: installs come from gRPC threads,
+// decode steps from the scheduler's.
 struct DeviceDecoder::Impl {
   std::string description;
+  int device = 0;
   absl::Mutex mu;
   std::shared_ptr<const runtime::GpuModel> weights;
   std::unique_ptr<runtime::GpuRunner> runner ABSL_GUARDED_BY(mu);
@@ -32,6 +41,7 @@ absl::StatusOr<std::unique_ptr<DeviceDecoder>> DeviceDecoder::Create(const runti
                                                                      int device) {
   KVWIRE_RETURN_IF_ERROR(kernels::cuda::ProbeDevice());
   auto impl = std::make_unique<Impl>();
+  impl->device = device;
   KVWIRE_ASSIGN_OR_RETURN(impl->weights, runtime::GpuModel::Upload(model, {.device = device}));
   {
     absl::MutexLock lock(&impl->mu);
@@ -52,7 +62,9 @@ absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> DeviceDecoder::Install(
     for (const auto& head : layer.heads) longest = std::max<int64_t>(longest, head.size());
   }
   absl::MutexLock lock(&impl_->mu);
+  KVWIRE_RETURN_IF_ERROR(kernels::cuda::UseDevice(impl_->device));
   auto state = std::make_unique<Sequence::State>();
+  state->device = impl_->device;
   KVWIRE_ASSIGN_OR_RETURN(state->cache,
                           runtime::GpuKvCache::Create(*impl_->weights, longest + extra_entries));
   KVWIRE_RETURN_IF_ERROR(state->cache->Install(cache));
@@ -68,6 +80,7 @@ absl::StatusOr<std::vector<std::vector<float>>> DeviceDecoder::DecodeBatch(
     gpu_steps.push_back({s.token, s.position, s.sequence->state_->cache.get()});
   }
   absl::MutexLock lock(&impl_->mu);
+  KVWIRE_RETURN_IF_ERROR(kernels::cuda::UseDevice(impl_->device));
   return impl_->runner->DecodeBatch(gpu_steps);
 }
 

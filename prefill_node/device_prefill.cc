@@ -9,6 +9,7 @@
 
 #if KVWIRE_HAVE_CUDA
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/model_ops.h"
 #include "kvwire/compress/gpu/device_compressor.h"
 #include "prefill_node/compressing_prefill.h"
 #include "runtime/gpu_runner.h"
@@ -30,6 +31,7 @@ double SecondsSince(Clock::time_point t) {
 
 struct DevicePrefill::Impl {
   const runtime::Model* model = nullptr;
+  int device = 0;  // made current on the calling thread by every call (gRPC threads vary)
   std::string description;
   std::unique_ptr<runtime::GpuRunner> runner;
   std::unique_ptr<runtime::GpuKvCache> cache;  // the prompt's cache; context-length capacity
@@ -57,6 +59,7 @@ absl::StatusOr<std::vector<std::unique_ptr<DevicePrefill>>> DevicePrefill::Creat
   for (int i = 0; i < n; ++i) {
     auto impl = std::make_unique<Impl>();
     impl->model = &model;
+    impl->device = device;
     KVWIRE_ASSIGN_OR_RETURN(impl->runner, runtime::GpuRunner::Create(weights));
     impl->description =
         absl::StrCat("cuda:", device, " ", impl->runner->context().properties().name);
@@ -76,6 +79,7 @@ absl::Status DevicePrefill::CompressesOnDevice(const compress::Compressor& compr
 absl::StatusOr<std::vector<float>> DevicePrefill::Prefill(absl::Span<const int32_t> prompt,
                                                           const runtime::ForwardOptions& options,
                                                           cache::KvCache* full) {
+  KVWIRE_RETURN_IF_ERROR(kernels::cuda::UseDevice(impl_->device));
   runtime::GpuForwardOptions o;
   o.window = options.window;
   o.on_layer = options.on_layer;
@@ -92,6 +96,7 @@ absl::StatusOr<std::vector<float>> DevicePrefill::RunCompressed(
     absl::Span<const int32_t> prompt, const compress::Compressor& compressor, const Sink& sink,
     DevicePrefillTimes* times) {
   KVWIRE_RETURN_IF_ERROR(CompressesOnDevice(compressor));
+  KVWIRE_RETURN_IF_ERROR(kernels::cuda::UseDevice(impl_->device));
   KVWIRE_ASSIGN_OR_RETURN(
       const compress::gpu::DeviceCompressor device_compressor,
       compress::gpu::DeviceCompressor::Create(compressor.spec(), compressor.kept_fraction()));
