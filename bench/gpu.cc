@@ -8,6 +8,9 @@
 //     same shapes and dtype) run by bench/gpu_sdpa_peer.py between two rounds of ours (goal:
 //     biased <= 1.2x SDPA);
 //   * prefill compression steps of a Llama-shaped layer (window scores, top-k) for reference;
+//   * the prefill compressor per layer (bench/gpu_compress.h): DeviceCompressor beside
+//     compress::Compressor on the same inputs, its speed-up and its effective bandwidth of raw K/V
+//     as a fraction of the copy's (--skip-compress leaves it out);
 //   * the model runtime (bench/gpu_runtime.h): prefill and decode tokens/s of GpuRunner for SmolLM2
 //     (--model, else $KVWIRE_MODEL or the default cache path when present) and a random-weight
 //     Llama-3-8B-shaped model (--skip-llama leaves it out).
@@ -31,6 +34,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/command.h"
+#include "bench/gpu_compress.h"
 #include "bench/gpu_runtime.h"
 #include "bench/stats.h"
 #include "kernels/cuda/attention.h"
@@ -57,6 +61,7 @@ struct GpuOptions {
   std::string caches = "1024,4096,16384,32768";
   int repeats = 20;
   bool peer = true;
+  bool compress = true;
   std::string python;
   GpuRuntimeOptions runtime;
 };
@@ -335,7 +340,8 @@ std::string RunPeer(const GpuOptions& o, const std::vector<int64_t>& caches,
 void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy_gbps,
                const std::vector<BandwidthRow>& bw, const std::vector<AttentionRow>& attn,
                const std::vector<std::pair<std::string, double>>& times,
-               const std::string& peer_note, const GpuRuntimeResult& runtime) {
+               const std::string& peer_note, const GpuCompressResult& compress,
+               const GpuRuntimeResult& runtime) {
   std::ofstream out(o.out);
   out << "{\n  \"device\": \"" << dev.name << "\", \"compute_capability\": \"" << dev.major << "."
       << dev.minor << "\", \"sm_count\": " << dev.sm_count << ", \"repeats\": " << o.repeats
@@ -366,7 +372,8 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
     out << (i ? ", " : "") << "\"" << times[i].first << "\": " << Num(times[i].second);
   }
   out << "},\n  \"sdpa_peer\": \"" << (peer_note.empty() ? "ok" : peer_note)
-      << "\",\n  \"runtime\": " << GpuRuntimeJson(runtime) << "\n}\n";
+      << "\",\n  \"compress\": " << GpuCompressJson(compress, copy_gbps)
+      << ",\n  \"runtime\": " << GpuRuntimeJson(runtime) << "\n}\n";
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseCaches(const std::string& text) {
@@ -424,9 +431,14 @@ absl::Status Run(const GpuOptions& o) {
     }
   }
   KVWIRE_ASSIGN_OR_RETURN(const auto times, CompressionTimes(*ctx, o.repeats));
+  GpuCompressResult compress;
+  if (o.compress) {
+    KVWIRE_ASSIGN_OR_RETURN(compress, MeasureGpuCompress(*ctx, {.repeats = o.repeats}));
+    PrintGpuCompress(compress, copy_gbps);
+  }
   KVWIRE_ASSIGN_OR_RETURN(const GpuRuntimeResult runtime, MeasureGpuRuntime(o.runtime));
   PrintGpuRuntime(runtime);
-  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note, runtime);
+  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note, compress, runtime);
   Summarize(ctx->properties(), copy_gbps, bw, attn);
   return absl::OkStatus();
 }
@@ -438,6 +450,8 @@ void SetupGpu(CLI::App& sub, std::function<int()>* run) {
   sub.add_option("--repeats", o->repeats, "timed repeats per measurement (median)");
   sub.add_option("--python", o->python, "python with torch for the SDPA peer (default python3)");
   sub.add_flag("!--no-peer", o->peer, "skip the torch SDPA comparison");
+  sub.add_flag("!--skip-compress", o->compress,
+               "leave out the device compressor against the CPU compressor");
   sub.add_option("--model", o->runtime.model,
                  "SmolLM2 GGUF for the runtime figures (default $KVWIRE_MODEL or the cache)");
   sub.add_flag("!--skip-llama", o->runtime.llama,
