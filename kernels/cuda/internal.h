@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "kernels/cuda/device.h"
 #include "kvwire/base/status.h"
@@ -28,14 +31,35 @@ inline unsigned GridFor(int64_t n, int threads, const Context& ctx) {
   return static_cast<unsigned>(needed < 1 ? 1 : (needed < cap ? needed : cap));
 }
 
+// The static shared memory of `kernel` on the current device. cudaFuncGetAttributes is asked
+// once per (kernel, device) and the answer kept for the process: the figure belongs to the code
+// the device runs for the kernel, which does not change while the process lives. Two threads
+// missing at once both ask and get the same answer. The cache is never destroyed, so calls
+// during exit stay valid.
+inline absl::StatusOr<size_t> StaticSharedBytes(const void* kernel) {
+  int device = 0;
+  KVWIRE_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  static std::mutex* const mu = new std::mutex;
+  static auto* const cache = new std::map<std::pair<const void*, int>, size_t>;
+  const std::pair<const void*, int> key(kernel, device);
+  {
+    const std::lock_guard<std::mutex> lock(*mu);
+    if (const auto it = cache->find(key); it != cache->end()) return it->second;
+  }
+  cudaFuncAttributes attributes{};
+  KVWIRE_CUDA_RETURN_IF_ERROR(cudaFuncGetAttributes(&attributes, kernel));
+  const std::lock_guard<std::mutex> lock(*mu);
+  cache->emplace(key, attributes.sharedSizeBytes);
+  return attributes.sharedSizeBytes;
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory. Without an opt-in a block gets 48 KiB of
 // static and dynamic shared memory together, so the kernel's static arrays count too.
 template <typename Kernel>
 absl::Status AllowSharedMemory(Kernel* kernel, size_t bytes) {
-  cudaFuncAttributes attributes{};
-  KVWIRE_RETURN_IF_ERROR(
-      FromCuda(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes"));
-  if (attributes.sharedSizeBytes + bytes <= 48 * 1024) return absl::OkStatus();
+  KVWIRE_ASSIGN_OR_RETURN(const size_t static_bytes,
+                          StaticSharedBytes(reinterpret_cast<const void*>(kernel)));
+  if (static_bytes + bytes <= 48 * 1024) return absl::OkStatus();
   return FromCuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)),
                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
