@@ -372,6 +372,7 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
     out << (i ? ", " : "") << "\"" << times[i].first << "\": " << Num(times[i].second);
   }
   out << "},\n  \"sdpa_peer\": \"" << (peer_note.empty() ? "ok" : peer_note)
+      << "\",\n  \"compress_note\": \"" << compress.note
       << "\",\n  \"compress\": " << GpuCompressJson(compress, copy_gbps)
       << ",\n  \"runtime\": " << GpuRuntimeJson(runtime) << "\n}\n";
 }

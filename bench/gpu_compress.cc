@@ -177,12 +177,21 @@ absl::StatusOr<GpuCompressResult> MeasureGpuCompress(kc::Context& ctx,
                                                      const GpuCompressOptions& o) {
   kernels::ThreadPool pool(0);
   GpuCompressResult result;
+  result.note =
+      "one layer per row; device_ms: DeviceCompressor::CompressLayer wall time including the "
+      "download of the kept entries; encode_ms: CompressAndEncode (f16 K/V, f32 votes) to a device "
+      "payload; cpu_ms: compress::Compressor::CompressLayer on a pool of cpu_threads; speedup: "
+      "cpu_ms / device_ms; device_gbps: raw K/V bytes (L*n_kv_heads*head_dim*4*2) / device_ms; "
+      "fraction_of_copy: device_gbps / copy_gbps";
   result.cpu_threads = pool.size();
   result.repeats = std::max(7, o.repeats);
   result.cpu_repeats = std::max(3, o.cpu_repeats);
   GpuCompressOptions cpu_options = o;
   cpu_options.cpu_repeats = result.cpu_repeats;
   std::mt19937 rng(kSeed);
+  std::printf("compress: %zu rows, device median of %d, cpu (%d threads) median of %d\n",
+              std::size(kShapes) * std::size(kLengths) * std::size(kMethods) * std::size(kBudgets),
+              result.repeats, result.cpu_threads, result.cpu_repeats);
   for (const Shape& s : kShapes) {
     // CPU ms of each (method, budget) at the previous length, for the skip prediction.
     std::vector<double> previous(std::size(kMethods) * std::size(kBudgets), NAN);

@@ -55,6 +55,7 @@ struct GpuCompressRow {
 
 struct GpuCompressResult {
   std::vector<GpuCompressRow> rows;
+  std::string note = "not run (--skip-compress)";  // what the figures mean, or why none
   int cpu_threads = 0;
   int repeats = 0, cpu_repeats = 0;
 };
