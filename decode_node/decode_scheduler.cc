@@ -74,13 +74,6 @@ std::shared_ptr<Generation> DecodeScheduler::Submit(GenerationRequest request) {
   job->request = std::move(request);
   std::shared_ptr<Generation> output = job->output;
   if (device_ != nullptr) {
-    if (job->request.decode_kept_fraction > 0.0f) {
-      output->Finish(absl::FailedPreconditionError(
-                         "decode-time merging (a decode budget) runs on the CPU; this decode node "
-                         "runs the model on a CUDA device (--gpu)"),
-                     "error");
-      return output;
-    }
     // Room for every token this request may still add.
     absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> seq =
         device_->Install(job->request.cache, job->request.max_tokens);
@@ -89,9 +82,12 @@ std::shared_ptr<Generation> DecodeScheduler::Submit(GenerationRequest request) {
       return output;
     }
     job->on_device = *std::move(seq);
-    // The host copy is no longer read: keep only its shape and original length.
-    job->request.cache =
-        cache::KvCache::Empty(job->request.cache.shape, job->request.cache.original_length);
+    if (!(job->request.decode_kept_fraction > 0.0f)) {
+      // The host copy is no longer read: keep only its shape and original length. With a decode
+      // budget it stays, as the mirror the compactor merges (mirror_step.h).
+      job->request.cache =
+          cache::KvCache::Empty(job->request.cache.shape, job->request.cache.original_length);
+    }
   }
   AttachCompactor(*job);
   absl::MutexLock lock(&mu_);
@@ -123,11 +119,20 @@ void DecodeScheduler::AttachCompactor(Job& job) {
   };
 }
 
+DeviceDecoder::Step DecodeScheduler::DeviceStep(Job& job, int32_t position) {
+  DeviceDecoder::Step step{job.on_device.get(), job.next_token, position};
+  if (job.compactor != nullptr) {
+    step.mirror = &job.request.cache;
+    step.compaction = &job.options;
+  }
+  return step;
+}
+
 bool DecodeScheduler::Step(Job& job) {
   cache::KvCache& cache = job.request.cache;
   const int32_t position = runtime::DecodePosition(cache, job.generated - 1);
   if (job.on_device != nullptr) {
-    const DeviceDecoder::Step step{job.on_device.get(), job.next_token, position};
+    const DeviceDecoder::Step step = DeviceStep(job, position);
     absl::StatusOr<std::vector<std::vector<float>>> logits =
         device_->DecodeBatch(absl::MakeConstSpan(&step, 1));
     if (!logits.ok()) {
@@ -178,7 +183,7 @@ void DecodeScheduler::StepAll(std::vector<std::unique_ptr<Job>>& active) {
     cache::KvCache& cache = job->request.cache;
     const int32_t position = runtime::DecodePosition(cache, job->generated - 1);
     if (job->on_device != nullptr) {
-      device_steps.push_back({job->on_device.get(), job->next_token, position});
+      device_steps.push_back(DeviceStep(*job, position));
     } else {
       steps.push_back({job->next_token, position, &cache, &job->options});
     }

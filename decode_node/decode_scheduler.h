@@ -79,8 +79,8 @@ class Generation {
 class DecodeScheduler {
  public:
   // With `device` (must outlive the scheduler) every request's cache is uploaded at Submit and
-  // all decoding runs there (DeviceDecoder::DecodeBatch); requests with a decode budget end
-  // with FAILED_PRECONDITION (decode-time merging runs on the CPU only).
+  // all decoding runs there (DeviceDecoder::DecodeBatch); with a decode budget the compactor
+  // merges a host copy kept in step with it (mirror_step.h).
   DecodeScheduler(const runtime::Model& model, int n_threads, DeviceDecoder* device = nullptr);
   ~DecodeScheduler();  // cancels what is still running and joins the thread
   DecodeScheduler(const DecodeScheduler&) = delete;
@@ -104,6 +104,8 @@ class DecodeScheduler {
   void AttachCompactor(Job& job);
   // One token for every active request, in one batched decode step; finished jobs are reset.
   void StepAll(std::vector<std::unique_ptr<Job>>& active);
+  // `job`'s next step on the device (with its mirror and compaction hook when it merges).
+  DeviceDecoder::Step DeviceStep(Job& job, int32_t position);
   // One decode step of `job` alone; false when the job is over.
   bool Step(Job& job);
   // Samples the next token of `job` from `logits` and streams it; false when the job is over.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "decode_node/mirror_step.h"
 #include "kvwire/base/status.h"
 #include "kvwire/config.h"
 
@@ -75,9 +76,34 @@ absl::StatusOr<std::vector<std::vector<float>>> DeviceDecoder::DecodeBatch(
     absl::Span<const Step> steps) {
   std::vector<runtime::GpuDecodeStep> gpu_steps;
   gpu_steps.reserve(steps.size());
-  for (const Step& s : steps) {
+  // Hooks of the merging steps; sized up front so the pointers into it stay valid.
+  std::vector<runtime::GpuForwardOptions> hooks(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& s = steps[i];
     if (s.sequence == nullptr) return absl::InvalidArgumentError("decode step without a sequence");
-    gpu_steps.push_back({s.token, s.position, s.sequence->state_->cache.get()});
+    if ((s.mirror == nullptr) != (s.compaction == nullptr || !s.compaction->on_layer)) {
+      return absl::InvalidArgumentError("a merging decode step needs both a mirror and its hook");
+    }
+    runtime::GpuKvCache* cache = s.sequence->state_->cache.get();
+    runtime::GpuDecodeStep step{s.token, s.position, cache, nullptr};
+    if (s.mirror != nullptr) {
+      const int head_dim = s.mirror->shape.head_dim;
+      cache::KvCache* mirror = s.mirror;
+      const runtime::ForwardOptions* compaction = s.compaction;
+      hooks[i].window = compaction->window;
+      hooks[i].on_layer = [mirror, compaction, cache,
+                           head_dim](const runtime::PrefillLayer& pl) -> absl::Status {
+        cache::LayerCache& layer = mirror->layers[pl.layer];
+        const std::vector<size_t> before = AppendStepToMirror(pl, head_dim, &layer);
+        KVWIRE_RETURN_IF_ERROR(compaction->on_layer(pl));
+        for (int h : HeadsChangedByHook(before, static_cast<size_t>(pl.n_tokens), layer)) {
+          KVWIRE_RETURN_IF_ERROR(cache->ReplaceHead(pl.layer, h, layer.heads[h]));
+        }
+        return absl::OkStatus();
+      };
+      step.options = &hooks[i];
+    }
+    gpu_steps.push_back(step);
   }
   absl::MutexLock lock(&impl_->mu);
   KVWIRE_RETURN_IF_ERROR(kernels::cuda::UseDevice(impl_->device));

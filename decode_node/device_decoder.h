@@ -8,8 +8,9 @@
 // arrived and stays on the device, growing by one entry per head and token; a decode step for
 // all active requests is one batched forward pass (weight products over every request's token,
 // attention per request over its own cache) whose only host traffic is token ids in and logits
-// out. Decode-time merging (a decode budget) is not run on the device: the scheduler refuses
-// such requests on a --gpu node with FAILED_PRECONDITION.
+// out. Decode-time merging (a decode budget) runs on a host copy of the request's cache kept in
+// step with the device copy (mirror_step.h): each step's new entries are appended to it, the
+// compaction hook merges there, and the heads it changed are uploaded again.
 //
 // Built in every configuration: without CUDA, Create fails with FAILED_PRECONDITION ("this build
 // has no CUDA"); without a usable device, with UNAVAILABLE naming the CUDA error.
@@ -27,6 +28,7 @@
 #include "absl/types/span.h"
 #include "kvwire/cache/kv_cache.h"
 #include "runtime/model.h"
+#include "runtime/runner.h"
 
 namespace kvwire::decode {
 
@@ -51,6 +53,12 @@ class DeviceDecoder {
     Sequence* sequence = nullptr;
     int32_t token = 0;
     int32_t position = 0;  // RoPE position (runtime::DecodePosition)
+    // Decode-time merging (both or neither): the host copy of this sequence's cache, equal to the
+    // device copy, and the per-layer hook that compacts it (on_layer, window >= 1 for the step's
+    // query). Each layer's new entries are appended to `mirror` before on_layer runs; heads it
+    // changed are uploaded to the device again.
+    cache::KvCache* mirror = nullptr;
+    const runtime::ForwardOptions* compaction = nullptr;
   };
 
   // `model` must outlive the decoder.

@@ -246,6 +246,35 @@ absl::Status GpuKvCache::Install(const cache::KvCache& host) {
   return absl::OkStatus();
 }
 
+absl::Status GpuKvCache::ReplaceHead(int layer, int head, const cache::HeadSegment& segment) {
+  if (layer < 0 || layer >= shape_.n_layers || head < 0 || head >= shape_.n_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("GpuKvCache::ReplaceHead: no head ", head,
+                                                   " in layer ", layer, " of ", shape_.n_layers,
+                                                   " x ", shape_.n_kv_heads));
+  }
+  const size_t n = segment.size(), d = shape_.head_dim;
+  if (segment.log_votes.size() != n || segment.keys.size() != n * d ||
+      segment.values.size() != n * d) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GpuKvCache::ReplaceHead: segment of ", n, " positions has ",
+                     segment.log_votes.size(), " log-votes, ", segment.keys.size(), " key and ",
+                     segment.values.size(), " value floats (head_dim ", d, ")"));
+  }
+  if (static_cast<int64_t>(n) > capacity_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("GpuKvCache::ReplaceHead: ", n, " entries, capacity ", capacity_));
+  }
+  const kc::CopyOp copies[] = {
+      {keys(layer, head), segment.keys.data(), sizeof(float) * n * d},
+      {values(layer, head), segment.values.data(), sizeof(float) * n * d},
+      {bias(layer, head), segment.log_votes.data(), sizeof(float) * n},
+      {positions(layer, head), segment.positions.data(), sizeof(int32_t) * n},
+  };
+  KVWIRE_RETURN_IF_ERROR(kc::CopyAndWait(device_, kc::CopyKind::kHostToDevice, copies));
+  counts_[layer][head] = static_cast<int64_t>(n);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<cache::KvCache> GpuKvCache::Download() const {
   cache::KvCache host = cache::KvCache::Empty(shape_, original_length_);
   const size_t d = shape_.head_dim;

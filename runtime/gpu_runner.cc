@@ -116,7 +116,7 @@ absl::StatusOr<std::vector<std::vector<float>>> GpuRunner::DecodeBatch(
       }
     }
     tokens.push_back(s.token);
-    seqs.push_back({s.cache, static_cast<int64_t>(i), 1, s.position, nullptr});
+    seqs.push_back({s.cache, static_cast<int64_t>(i), 1, s.position, s.options});
   }
   if (steps.empty()) return std::vector<std::vector<float>>{};
   const int64_t n = static_cast<int64_t>(steps.size());

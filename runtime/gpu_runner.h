@@ -118,6 +118,12 @@ class GpuKvCache {
   absl::Status Install(const cache::KvCache& host);
   // The contents as a host cache (positions, log-votes, keys, values per head).
   absl::StatusOr<cache::KvCache> Download() const;
+  // Replaces head `head` of layer `layer` with `segment` (e.g. after decode-time merging of a host
+  // copy). A blocking copy like Install: call it while no pass on this cache has work in flight,
+  // e.g. from a host hook (on_layer), whose downloads waited for the pass so far.
+  // INVALID_ARGUMENT for a bad layer/head or a malformed segment, RESOURCE_EXHAUSTED past
+  // capacity(); either leaves the head unchanged.
+  absl::Status ReplaceHead(int layer, int head, const cache::HeadSegment& segment);
 
   // Entries of KV head `head` in layer `layer`.
   int64_t entries(int layer, int head) const { return counts_[layer][head]; }
@@ -174,6 +180,7 @@ struct GpuDecodeStep {
   int32_t token = 0;
   int32_t position = 0;
   GpuKvCache* cache = nullptr;
+  const GpuForwardOptions* options = nullptr;  // this step's per-layer hooks (may be null)
 };
 
 class GpuRunner {

@@ -504,8 +504,8 @@ TEST(NodesGpu, WithoutADeviceEachNodeRefusesToStartAndSaysWhy) {
 // tokens (fp16 weights, fp32 accumulation: the tiny model's argmax agrees, as in
 // tests/kernels_gpu/gpu_runner_test.cc); at 0.2 the default method is compressed on the device
 // (about a fifth of the raw bytes), so is a +critical method (W_o uploaded for it), a method the
-// device compressor does not run (h2o) takes the host path, and a decode budget is refused on the
-// --gpu decode node.
+// device compressor does not run (h2o) takes the host path, and a decode budget merges on the
+// --gpu decode node's host mirror (mirror_step.h).
 TEST(NodesGpu, GpuNodesMatchTheLocalCpuRun) {
   const GpuStart probe = StartWithGpu(KVWIRE_DECODE_BIN);
   if (probe.exit_code != -1) {
@@ -550,7 +550,8 @@ TEST(NodesGpu, GpuNodesMatchTheLocalCpuRun) {
   prefilled = client.Prefill(*grant, prompt, 1.0f);
   ASSERT_TRUE(prefilled.ok()) << prefilled.status();
   decoded = client.Decode(*grant, prefilled->first_token_id(), /*decode_kept_fraction=*/0.5f);
-  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition) << decoded.status();
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_FALSE(decoded->first.empty());
 }
 
 }  // namespace
