@@ -12,10 +12,9 @@
 #include "gtest/gtest.h"
 #include "kvwire/compress/decode_compactor.h"
 #include "kvwire/compress/spec.h"
-#include "runtime/gguf.h"
 #include "runtime/runner.h"
 #include "runtime/sampling.h"
-#include "runtime/tiny_model.h"
+#include "tests/compress/tiny_runner_fixture.h"
 
 namespace kvwire::decode {
 namespace {
@@ -50,13 +49,8 @@ TEST(MirrorStep, AppendsEveryRowToEveryHeadAndReportsItsSizes) {
 class MirrorStepDecode : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto bytes = runtime::MakeTinyModel({.n_layers = 2});
-    ASSERT_TRUE(bytes.ok()) << bytes.status();
-    auto gguf = runtime::GgufFile::FromBytes(*std::move(bytes));
-    ASSERT_TRUE(gguf.ok()) << gguf.status();
-    auto model = runtime::Model::FromGguf(*std::move(gguf));
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = *std::move(model);
+    model_ = compress::testing::LoadTinyModel({.n_layers = 2});
+    ASSERT_NE(model_, nullptr);
   }
   std::unique_ptr<runtime::Model> model_;
 };
