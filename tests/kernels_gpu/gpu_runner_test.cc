@@ -388,7 +388,8 @@ TEST_F(GpuRunnerTest, InstallDownloadRoundTripsBitForBit) {
 }
 
 TEST_F(GpuRunnerTest, InstallRejectsWrongShapeAndOverCapacityLeavingTheCacheAlone) {
-  cache::KvCache host = HostCache(30);
+  // HostCache keeps 1/2 of head 0's and 2/3 of head 1's entries: 26 of 40 in head 1.
+  cache::KvCache host = HostCache(40);
   std::unique_ptr<GpuKvCache> c = gpu_.Cache(24);
   ASSERT_NE(c, nullptr);
   cache::KvCache small = HostCache(10);
@@ -396,10 +397,46 @@ TEST_F(GpuRunnerTest, InstallRejectsWrongShapeAndOverCapacityLeavingTheCacheAlon
   cache::KvCache wrong = small;
   wrong.shape.head_dim *= 2;
   EXPECT_EQ(c->Install(wrong).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(c->Install(host).code(), absl::StatusCode::kResourceExhausted);  // 30 > 24
+  EXPECT_EQ(c->Install(host).code(), absl::StatusCode::kResourceExhausted);  // 26 > 24
   absl::StatusOr<cache::KvCache> back = c->Download();
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(*back == small);
+}
+
+// ReplaceHead swaps one head (what a --gpu decode node uploads after merging its host mirror):
+// that head changes, every other stays, and bad arguments change nothing.
+TEST_F(GpuRunnerTest, ReplaceHeadSwapsOneHeadAndRejectsBadArguments) {
+  cache::KvCache host = HostCache(20);
+  std::unique_ptr<GpuKvCache> c = gpu_.Cache(24);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Install(host).ok());
+  cache::KvCache want = HostCache(12);
+  want.original_length = host.original_length;
+  cache::HeadSegment seg = want.layers[1].heads[0];
+  seg.log_votes[0] = 1.25f;
+  want.layers[1].heads[0] = seg;
+  for (int l = 0; l < host.shape.n_layers; ++l) {
+    for (int h = 0; h < host.shape.n_kv_heads; ++h) {
+      if (l != 1 || h != 0) want.layers[l].heads[h] = host.layers[l].heads[h];
+    }
+  }
+  ASSERT_TRUE(c->ReplaceHead(1, 0, seg).ok());
+  EXPECT_EQ(c->entries(1, 0), static_cast<int64_t>(seg.size()));
+  absl::StatusOr<cache::KvCache> back = c->Download();
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(*back == want);
+
+  EXPECT_EQ(c->ReplaceHead(host.shape.n_layers, 0, seg).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->ReplaceHead(0, -1, seg).code(), absl::StatusCode::kInvalidArgument);
+  cache::HeadSegment torn = seg;
+  torn.keys.pop_back();
+  EXPECT_EQ(c->ReplaceHead(0, 0, torn).code(), absl::StatusCode::kInvalidArgument);
+  cache::HeadSegment big = HostCache(60).layers[0].heads[0];  // 30 of 60 kept: 30 > 24
+  EXPECT_EQ(c->ReplaceHead(0, 0, big).code(), absl::StatusCode::kResourceExhausted);
+  back = c->Download();
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(*back == want);
 }
 
 TEST_F(GpuRunnerTest, RejectsBadTokensPositionsAndForeignCaches) {
