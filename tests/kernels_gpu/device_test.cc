@@ -79,9 +79,14 @@ TEST_F(GpuTest, BufferRoundTripsAndRejectsOutOfRangeCopies) {
   EXPECT_EQ(buf.Download(ctx(), &one, 4, buf.size()).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A failed cudaMalloc also sets the thread's last CUDA error; the status already reports it, so it
+// must not linger for the next launch check (cudaGetLastError) to blame on an unrelated kernel.
+// The CheckLaunch below also clears it, so a lingering error fails here and not in a later test.
 TEST_F(GpuTest, HugeAllocationIsResourceExhausted) {
   absl::StatusOr<DeviceBuffer> buf = DeviceBuffer::Allocate(size_t{1} << 50);
   EXPECT_EQ(buf.status().code(), absl::StatusCode::kResourceExhausted) << buf.status();
+  const absl::Status after = ctx().CheckLaunch("no kernel, after the failed allocation");
+  EXPECT_TRUE(after.ok()) << after;
 }
 
 TEST_F(GpuTest, StreamTimerMeasuresACopy) {
