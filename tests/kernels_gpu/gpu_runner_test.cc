@@ -495,22 +495,30 @@ TEST_F(GpuRunnerTest, DecodeBatchValidatesEveryStepFirst) {
   EXPECT_TRUE(none->empty());
 }
 
+// The error comes from layer 0 of the tiny model's 2: a pass that ran on would call the hook again
+// (stopping at the last layer could not tell an aborted pass from a finished one).
 TEST_F(GpuRunnerTest, AHooksErrorAbortsThePassAsIs) {
+  ASSERT_GE(model_->config().n_layers, 2);
   std::unique_ptr<GpuKvCache> c = gpu_.Cache(32);
   ASSERT_NE(c, nullptr);
   int calls = 0;
   GpuForwardOptions o;
   o.on_layer_device = [&](const GpuPrefillLayer& pl) {
     ++calls;
-    return pl.layer == 1 ? absl::CancelledError("stop at layer 1") : absl::OkStatus();
+    return pl.layer == 0 ? absl::CancelledError("stop at layer 0") : absl::OkStatus();
   };
   const absl::Status s = gpu_.runner->Prefill(Prompt(5, 3, 3), o, c.get()).status();
-  EXPECT_EQ(s, absl::CancelledError("stop at layer 1"));
-  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(s, absl::CancelledError("stop at layer 0"));
+  EXPECT_EQ(calls, 1);
+  int host_calls = 0;
   GpuForwardOptions host;
-  host.on_layer = [](const PrefillLayer&) { return absl::DataLossError("host hook"); };
+  host.on_layer = [&](const PrefillLayer&) {
+    ++host_calls;
+    return absl::DataLossError("host hook");
+  };
   EXPECT_EQ(gpu_.runner->Prefill(Prompt(5, 3, 3), host, c.get()).status(),
             absl::DataLossError("host hook"));
+  EXPECT_EQ(host_calls, 1);
 }
 
 TEST_F(GpuRunnerTest, RandomModelDecodesConsistently) {
