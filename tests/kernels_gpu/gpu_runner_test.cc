@@ -454,13 +454,19 @@ TEST_F(GpuRunnerTest, RejectsBadTokensPositionsAndForeignCaches) {
   EXPECT_EQ(gpu_.runner->Prefill({}, {}, c.get()).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c->entries(0, 0), 4);  // a rejected Prefill keeps the old contents
-  // A cache of another upload of the same weights is not this model's.
+  // A cache of another upload of the same weights is not this model's; rejecting it leaves that
+  // cache's contents (filled by its own runner) alone.
   Device other = Device::Open(*model_);
-  ASSERT_NE(other.model, nullptr);
+  ASSERT_NE(other.runner, nullptr);
   std::unique_ptr<GpuKvCache> foreign = other.Cache(16);
   ASSERT_NE(foreign, nullptr);
+  ASSERT_TRUE(other.runner->Prefill(Prompt(3, 3, 1), {}, foreign.get()).ok());
   EXPECT_EQ(gpu_.runner->Prefill(Prompt(4, 3, 1), {}, foreign.get()).status().code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_.runner->Decode(5, 3, foreign.get()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(foreign->entries(0, 0), 3);
+  EXPECT_EQ(foreign->original_length(), 3);
   EXPECT_EQ(c->entries(0, 0), 4);
 }
 
