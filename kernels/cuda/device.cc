@@ -62,6 +62,9 @@ absl::Status PollUntilDone(Query query, absl::Duration timeout, absl::string_vie
 absl::Status FromCuda(int error, absl::string_view call) {
   const auto e = static_cast<cudaError_t>(error);
   if (e == cudaSuccess) return absl::OkStatus();
+  // The runtime also recorded the error as the thread's last one: it is reported here, so clear
+  // it, or the next CheckLaunch would blame an unrelated kernel (sticky errors stay sticky).
+  (void)cudaGetLastError();
   return absl::Status(CodeForCuda(e), absl::StrCat(call, " failed: ", cudaGetErrorName(e), " (",
                                                    cudaGetErrorString(e), ")"));
 }

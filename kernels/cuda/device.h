@@ -33,7 +33,9 @@ namespace kvwire::kernels::cuda {
 // `error` is a cudaError_t value; OK for cudaSuccess. The message names `call`, the CUDA error
 // name and its description. Codes: memory allocation -> RESOURCE_EXHAUSTED; no device, driver
 // missing or too old, device unavailable -> UNAVAILABLE; invalid value/configuration ->
-// INVALID_ARGUMENT; launch timeout -> DEADLINE_EXCEEDED; anything else -> INTERNAL.
+// INVALID_ARGUMENT; launch timeout -> DEADLINE_EXCEEDED; anything else -> INTERNAL. A non-OK
+// result also clears the thread's last CUDA error (cudaGetLastError), which the runtime set to the
+// same error, so the next CheckLaunch reports only its own launch.
 absl::Status FromCuda(int error, absl::string_view call);
 // `status` is a cublasStatus_t value; same conventions (ALLOC_FAILED -> RESOURCE_EXHAUSTED,
 // INVALID_VALUE -> INVALID_ARGUMENT, NOT_SUPPORTED/ARCH_MISMATCH -> FAILED_PRECONDITION).

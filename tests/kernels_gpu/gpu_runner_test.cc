@@ -426,8 +426,7 @@ TEST_F(GpuRunnerTest, ReplaceHeadSwapsOneHeadAndRejectsBadArguments) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(*back == want);
 
-  EXPECT_EQ(c->ReplaceHead(host.shape.n_layers, 0, seg).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->ReplaceHead(host.shape.n_layers, 0, seg).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c->ReplaceHead(0, -1, seg).code(), absl::StatusCode::kInvalidArgument);
   cache::HeadSegment torn = seg;
   torn.keys.pop_back();
