@@ -9,6 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <future>
 #include <memory>
 #include <string>
@@ -45,30 +48,78 @@ std::vector<uint32_t> Prompt(int n) {
   return ids;
 }
 
-// Greedy generation in this process with the full cache: the reference for budget 1.
-std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids,
-                                  const std::string& model_path = ModelPath()) {
+// Greedy generation in this process with the full cache: the reference for budget 1. `steps`
+// counts the argmax decisions taken (a stop token's included); `decisive` the leading ones whose
+// top two logits are further apart than twice the device's logit tolerance (3 % of the largest
+// |logit| + 1e-3, as tests/kernels_gpu/gpu_runner_test.cc asserts for fp16 weights), which a run on
+// a device must take alike.
+struct LocalRun {
+  std::vector<uint32_t> tokens;
+  size_t steps = 0, decisive = 0;
+};
+
+bool Decisive(const std::vector<float>& logits) {
+  float scale = 0, first = -INFINITY, second = -INFINITY;
+  for (float x : logits) {
+    scale = std::max(scale, std::fabs(x));
+    if (x > first) {
+      second = first, first = x;
+    } else if (x > second) {
+      second = x;
+    }
+  }
+  return first - second > 2 * (0.03f * scale + 1e-3f);
+}
+
+LocalRun LocalGreedy(const std::vector<uint32_t>& prompt_ids,
+                     const std::string& model_path = ModelPath()) {
+  LocalRun run;
   auto model = runtime::Model::Load(model_path);
   EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return {};
+  if (!model.ok()) return run;
   auto tokenizer = runtime::LoadTokenizer((*model)->gguf());
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
-  if (!tokenizer.ok()) return {};
+  if (!tokenizer.ok()) return run;
   const int32_t eos = (*tokenizer)->eos_id(), im_end = (*tokenizer)->im_end_id();
   runtime::Runner runner(**model, 2);
   cache::KvCache cache;
   const std::vector<int32_t> prompt(prompt_ids.begin(), prompt_ids.end());
   auto logits = runner.Prefill(prompt, {}, &cache);
-  std::vector<uint32_t> out;
   for (int generated = 1; logits.ok(); ++generated) {
     const int32_t next = runtime::ArgMax(*logits);
+    if (run.decisive == run.steps && Decisive(*logits)) ++run.decisive;
+    ++run.steps;
     if (next == eos || next == im_end) break;
-    out.push_back(static_cast<uint32_t>(next));
+    run.tokens.push_back(static_cast<uint32_t>(next));
     if (generated == kMaxTokens) break;
     logits = runner.Decode(next, runtime::DecodePosition(cache, generated - 1), &cache);
   }
   EXPECT_TRUE(logits.ok()) << logits.status();
-  return out;
+  return run;
+}
+
+std::vector<uint32_t> LocalTokens(const std::vector<uint32_t>& prompt_ids,
+                                  const std::string& model_path = ModelPath()) {
+  return LocalGreedy(prompt_ids, model_path).tokens;
+}
+
+// A device run's greedy tokens against the local CPU run: all equal when every local decision was
+// decisive, else equal up to the first one that was not (from there fp16 rounding may pick the
+// other of two near-equal logits and the runs legitimately diverge).
+void ExpectDeviceTokensMatchLocal(const std::vector<uint32_t>& device,
+                                  const std::vector<uint32_t>& prompt) {
+  const LocalRun local = LocalGreedy(prompt);
+  if (local.decisive == local.steps) {
+    EXPECT_EQ(device, local.tokens);
+    return;
+  }
+  std::printf(
+      "the local run's step %zu is within the device's logit tolerance: comparing the %zu "
+      "tokens before it\n",
+      local.decisive, local.decisive);
+  ASSERT_GE(device.size(), local.decisive);
+  EXPECT_EQ(std::vector<uint32_t>(device.begin(), device.begin() + local.decisive),
+            std::vector<uint32_t>(local.tokens.begin(), local.tokens.begin() + local.decisive));
 }
 
 // gRPC calls a control plane would make, straight to the nodes.
@@ -501,10 +552,11 @@ TEST(NodesGpu, WithoutADeviceEachNodeRefusesToStartAndSaysWhy) {
 }
 
 // With a device: both nodes run the model there. Budget 1 must give the local CPU run's greedy
-// tokens (fp16 weights, fp32 accumulation: the tiny model's argmax agrees, as in
-// tests/kernels_gpu/gpu_runner_test.cc); at 0.2 the default method is compressed on the device
-// (about a fifth of the raw bytes), so is a +critical method (W_o uploaded for it), a method the
-// device compressor does not run (h2o) takes the host path, and a decode budget merges on the
+// tokens wherever the CPU's choice is decisive (fp16 weights, fp32 accumulation: the argmax agrees
+// only where the top two logits are further apart than the device's error, as
+// tests/kernels_gpu/gpu_runner_test.cc asserts); at 0.2 the default method is compressed on the
+// device (about a fifth of the raw bytes), so is a +critical method (W_o uploaded for it), a method
+// the device compressor does not run (h2o) takes the host path, and a decode budget merges on the
 // --gpu decode node's host mirror (mirror_step.h).
 TEST(NodesGpu, GpuNodesMatchTheLocalCpuRun) {
   const GpuStart probe = StartWithGpu(KVWIRE_DECODE_BIN);
@@ -525,7 +577,7 @@ TEST(NodesGpu, GpuNodesMatchTheLocalCpuRun) {
   ASSERT_TRUE(prefilled.ok()) << prefilled.status();
   auto decoded = client.Decode(*grant, prefilled->first_token_id());
   ASSERT_TRUE(decoded.ok()) << decoded.status();
-  EXPECT_EQ(decoded->first, LocalTokens(prompt));
+  ExpectDeviceTokensMatchLocal(decoded->first, prompt);
 
   const std::vector<uint32_t> long_prompt = Prompt(400);
   for (const std::string& method :
