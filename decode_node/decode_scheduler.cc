@@ -128,28 +128,6 @@ DeviceDecoder::Step DecodeScheduler::DeviceStep(Job& job, int32_t position) {
   return step;
 }
 
-bool DecodeScheduler::Step(Job& job) {
-  cache::KvCache& cache = job.request.cache;
-  const int32_t position = runtime::DecodePosition(cache, job.generated - 1);
-  if (job.on_device != nullptr) {
-    const DeviceDecoder::Step step = DeviceStep(job, position);
-    absl::StatusOr<std::vector<std::vector<float>>> logits =
-        device_->DecodeBatch(absl::MakeConstSpan(&step, 1));
-    if (!logits.ok()) {
-      job.output->Finish(logits.status(), "error");
-      return false;
-    }
-    return Advance(job, (*logits)[0]);
-  }
-  absl::StatusOr<std::vector<float>> logits =
-      runner_.Decode(job.next_token, position, &cache, job.options);
-  if (!logits.ok()) {
-    job.output->Finish(logits.status(), "error");
-    return false;
-  }
-  return Advance(job, *logits);
-}
-
 bool DecodeScheduler::Advance(Job& job, absl::Span<const float> logits) {
   const int32_t token = job.sampler->Sample(logits);
   ++job.generated;
@@ -168,38 +146,57 @@ bool DecodeScheduler::Advance(Job& job, absl::Span<const float> logits) {
 }
 
 void DecodeScheduler::StepAll(std::vector<std::unique_ptr<Job>>& active) {
-  // Cancelled requests leave first; every other request advances one token in a single batched
-  // decode step (weights read once for all of them).
+  // Cancelled requests and steps the runner would refuse (checked one by one, before anything
+  // changes) leave first; every other request advances one token in a single batched decode step
+  // (weights read once for all of them).
   std::vector<runtime::DecodeStep> steps;
   std::vector<DeviceDecoder::Step> device_steps;
   std::vector<Job*> jobs;
+  auto drop = [&](std::unique_ptr<Job>& job) {
+    job.reset();
+    --active_;
+  };
   for (auto& job : active) {
     if (job->output->cancelled()) {
       job->output->Finish(absl::CancelledError("generation cancelled"), "cancelled");
-      job.reset();
-      --active_;
+      drop(job);
       continue;
     }
     cache::KvCache& cache = job->request.cache;
     const int32_t position = runtime::DecodePosition(cache, job->generated - 1);
+    absl::Status valid;
     if (job->on_device != nullptr) {
-      device_steps.push_back(DeviceStep(*job, position));
+      const DeviceDecoder::Step step = DeviceStep(*job, position);
+      valid = device_->Validate(step);
+      if (valid.ok()) device_steps.push_back(step);
     } else {
-      steps.push_back({job->next_token, position, &cache, &job->options});
+      valid = runner_.ValidateDecode(job->next_token, position, cache);
+      if (valid.ok()) steps.push_back({job->next_token, position, &cache, &job->options});
+    }
+    if (!valid.ok()) {
+      job->output->Finish(valid, "error");
+      drop(job);
+      continue;
     }
     jobs.push_back(job.get());
   }
+  if (jobs.empty()) return;
   // On a --gpu node every job is on the device (Submit installs it there or ends it).
   absl::StatusOr<std::vector<std::vector<float>>> logits =
       device_ != nullptr ? device_->DecodeBatch(device_steps) : runner_.DecodeBatch(steps);
   for (size_t i = 0; i < jobs.size(); ++i) {
-    // A batch that fails validation is retried one request at a time, so only the bad one fails.
-    const bool more = logits.ok() ? Advance(*jobs[i], (*logits)[i]) : Step(*jobs[i]);
+    // A step that fails after validation (a device error, a merging hook's error) may have left
+    // part of itself in every cache of the batch: those requests end with that error.
+    bool more = false;
+    if (logits.ok()) {
+      more = Advance(*jobs[i], (*logits)[i]);
+    } else {
+      jobs[i]->output->Finish(logits.status(), "error");
+    }
     if (more) continue;
     for (auto& job : active) {
-      if (job.get() == jobs[i]) job.reset();
+      if (job.get() == jobs[i]) drop(job);
     }
-    --active_;
   }
 }
 

@@ -103,11 +103,11 @@ class DecodeScheduler {
   void Loop();
   void AttachCompactor(Job& job);
   // One token for every active request, in one batched decode step; finished jobs are reset.
+  // Steps the runner would refuse end only their own request; a batch that fails after
+  // validation ends every request in it.
   void StepAll(std::vector<std::unique_ptr<Job>>& active);
   // `job`'s next step on the device (with its mirror and compaction hook when it merges).
   DeviceDecoder::Step DeviceStep(Job& job, int32_t position);
-  // One decode step of `job` alone; false when the job is over.
-  bool Step(Job& job);
   // Samples the next token of `job` from `logits` and streams it; false when the job is over.
   bool Advance(Job& job, absl::Span<const float> logits);
 

@@ -110,6 +110,13 @@ absl::StatusOr<std::vector<std::vector<float>>> DeviceDecoder::DecodeBatch(
   return impl_->runner->DecodeBatch(gpu_steps);
 }
 
+absl::Status DeviceDecoder::Validate(const Step& step) {
+  if (step.sequence == nullptr) return absl::InvalidArgumentError("decode step without a sequence");
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->runner->ValidateDecode(step.token, step.position,
+                                       step.sequence->state_->cache.get());
+}
+
 int32_t DeviceDecoder::Sequence::original_length() const {
   return state_->cache->original_length();
 }
@@ -134,6 +141,10 @@ absl::StatusOr<std::unique_ptr<DeviceDecoder>> DeviceDecoder::Create(const runti
 
 absl::StatusOr<std::unique_ptr<DeviceDecoder::Sequence>> DeviceDecoder::Install(
     const cache::KvCache&, int64_t) {
+  return absl::FailedPreconditionError("this build has no CUDA");
+}
+
+absl::Status DeviceDecoder::Validate(const Step&) {
   return absl::FailedPreconditionError("this build has no CUDA");
 }
 

@@ -76,6 +76,9 @@ class DeviceDecoder {
   absl::StatusOr<std::unique_ptr<Sequence>> Install(const cache::KvCache& cache,
                                                     int64_t extra_entries);
 
+  // What DecodeBatch checks before touching anything; OK when `step` would be accepted.
+  absl::Status Validate(const Step& step);
+
   // One token per step, appended to its sequence; fp32 [vocab] logits per step, in order. Every
   // step is validated first: an error leaves every sequence unchanged.
   absl::StatusOr<std::vector<std::vector<float>>> DecodeBatch(absl::Span<const Step> steps);

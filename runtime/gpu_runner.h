@@ -204,6 +204,12 @@ class GpuRunner {
                                              int32_t first_position,
                                              const GpuForwardOptions& options, GpuKvCache* cache);
 
+  // The checks Decode/DecodeBatch run before touching anything (bad token or position, a foreign
+  // cache, no room left): OK when the step would be accepted.
+  absl::Status ValidateDecode(int32_t token, int32_t position, const GpuKvCache* cache) const {
+    return Validate(absl::MakeConstSpan(&token, 1), position, cache);
+  }
+
   kernels::cuda::Context& context() { return *ctx_; }
   const GpuModel& model() const { return *model_; }
 

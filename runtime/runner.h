@@ -98,6 +98,12 @@ class Runner {
                                              int32_t first_position, const ForwardOptions& options,
                                              cache::KvCache* cache);
 
+  // The checks Decode/DecodeBatch run before touching anything (bad token or position, a cache of
+  // another shape): OK when the step would be accepted.
+  absl::Status ValidateDecode(int32_t token, int32_t position, const cache::KvCache& cache) const {
+    return Validate(absl::MakeConstSpan(&token, 1), position, cache);
+  }
+
   const Model& model() const { return model_; }
   kernels::ThreadPool* pool() { return &pool_; }
 

@@ -82,6 +82,29 @@ TEST_F(DecodeSchedulerTest, InterleavedRequestsEachMatchASoloRun) {
   EXPECT_EQ(scheduler.active(), 0u);
 }
 
+// A request whose step the runner refuses (here: its positions run past the context) ends with
+// that error alone; the requests batched with it go on and match their solo runs.
+TEST_F(DecodeSchedulerTest, ARefusedStepEndsOnlyItsOwnRequest) {
+  DecodeScheduler scheduler(*model_, 1);
+  GenerationRequest bad = Request(10, 50);
+  bad.stop_tokens.clear();
+  // Decode positions continue from original_length: the context (1024) ends after two steps.
+  bad.cache.original_length = model_->config().context_length - 2;
+  std::vector<GenerationRequest> good = {Request(20, 9), Request(7, 12)};
+  auto bad_generation = scheduler.Submit(bad);
+  std::vector<std::shared_ptr<Generation>> generations;
+  for (const auto& r : good) generations.push_back(scheduler.Submit(r));
+  const absl::StatusOr<std::vector<int32_t>> bad_tokens = Drain(*bad_generation);
+  EXPECT_EQ(bad_tokens.status().code(), absl::StatusCode::kInvalidArgument) << bad_tokens.status();
+  EXPECT_EQ(bad_generation->finish_reason(), "error");
+  for (size_t i = 0; i < good.size(); ++i) {
+    auto tokens = Drain(*generations[i]);
+    ASSERT_TRUE(tokens.ok()) << tokens.status();
+    EXPECT_EQ(*tokens, Reference(good[i])) << "request " << i;
+  }
+  EXPECT_EQ(scheduler.active(), 0u);
+}
+
 TEST_F(DecodeSchedulerTest, LengthLimitCountsTheFirstToken) {
   DecodeScheduler scheduler(*model_, 1);
   GenerationRequest request = Request(16, 4);
