@@ -84,6 +84,14 @@ absl::Status ValidateInput(const CompressionSpec& spec, const DeviceLayerInput& 
         absl::StrCat("layer ", in.layer, ": ", query_rows,
                      " window query rows needed (at most L=", in.n_tokens, "), got ", in.window));
   }
+  if (spec.critical) {
+    // Checked here, before any work is queued, like every other input.
+    KVWIRE_RETURN_IF_ERROR(ValidatePointer(in, in.wo, "wo (+critical's output projection)"));
+    if (in.hidden <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", in.layer, ": +critical needs hidden > 0, got ", in.hidden));
+    }
+  }
   return absl::OkStatus();
 }
 
