@@ -1,24 +1,14 @@
 #include "prefill_node/compressing_prefill.h"
 
-#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/status.h"
 #include "kvwire/compress/select.h"
 #include "kvwire/kernels/quant.h"
+#include "prefill_node/stage_clock.h"
 
 namespace kvwire::prefill {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-}  // namespace
-
 struct CompressingPrefill::HeldLayer {
   std::vector<float> keys, values, queries;
   std::vector<float> scores;  // external scores, fp32 [n_kv_heads][L]; empty when not used

@@ -1,11 +1,11 @@
 #include "prefill_node/device_prefill.h"
 
-#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/status.h"
 #include "kvwire/config.h"
+#include "prefill_node/stage_clock.h"
 
 #if KVWIRE_HAVE_CUDA
 #include "kernels/cuda/device.h"
@@ -18,16 +18,6 @@
 namespace kvwire::prefill {
 
 #if KVWIRE_HAVE_CUDA
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-}  // namespace
 
 struct DevicePrefill::Impl {
   const runtime::Model* model = nullptr;

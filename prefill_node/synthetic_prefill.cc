@@ -1,20 +1,14 @@
 #include "prefill_node/synthetic_prefill.h"
 
-#include <chrono>
 #include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kvwire/base/status.h"
+#include "prefill_node/stage_clock.h"
 
 namespace kvwire::prefill {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 // SplitMix64 of a counter: element i of a stream is computed on its own, so threads can fill
 // disjoint ranges and still produce the same tensor.
