@@ -2,7 +2,6 @@
 #include "bench/gpu_compress.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -10,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "bench/stats.h"
+#include "bench/timing.h"
 #include "kvwire/base/status.h"
 #include "kvwire/compress/compressor.h"
 #include "kvwire/compress/gpu/device_compressor.h"
@@ -35,23 +34,6 @@ constexpr int64_t kLengths[] = {2048, 8192};  // ascending: the CPU skip predict
 constexpr float kBudgets[] = {0.1f, 0.2f};
 constexpr const char* kMethods[] = {compress::kDefaultMethod, "snapkv/uniform/merge",
                                     "window/uniform/none"};
-
-using Clock = std::chrono::steady_clock;
-
-// Milliseconds per call of `body` (returning a StatusOr): `warmups` untimed calls, then the median
-// of `repeats`. Each result is destroyed after its call's time is taken.
-template <typename Body>
-absl::StatusOr<double> MedianWallMillis(int warmups, int repeats, Body body) {
-  std::vector<double> ms;
-  for (int i = 0; i < warmups + repeats; ++i) {
-    const auto start = Clock::now();
-    auto result = body();
-    const double t = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-    if (!result.ok()) return result.status();
-    if (i >= warmups) ms.push_back(t);
-  }
-  return Median(ms);
-}
 
 // One layer's keys, values and window queries on the host and the device.
 struct Layer {

@@ -1,18 +1,16 @@
 // Prefill and decode throughput of GpuRunner. See gpu_runtime.h.
 #include "bench/gpu_runtime.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <functional>
 #include <memory>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "bench/stats.h"
+#include "bench/timing.h"
 #include "kvwire/base/status.h"
 #include "runtime/gpu_runner.h"
 #include "runtime/model.h"
@@ -54,20 +52,6 @@ std::vector<int32_t> Tokens(int64_t n, int vocab, uint32_t seed) {
   std::vector<int32_t> t(n);
   for (int32_t& x : t) x = dist(rng);
   return t;
-}
-
-// Milliseconds of `body` per repetition: `warmups` untimed calls, then the median of `repeats`.
-absl::StatusOr<double> MedianWallMillis(int warmups, int repeats,
-                                        const std::function<absl::Status()>& body) {
-  for (int i = 0; i < warmups; ++i) KVWIRE_RETURN_IF_ERROR(body());
-  std::vector<double> ms;
-  for (int i = 0; i < repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    KVWIRE_RETURN_IF_ERROR(body());
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  return Median(ms);
 }
 
 absl::Status Prefills(const std::string& name, const std::shared_ptr<const GpuModel>& model,
