@@ -147,18 +147,6 @@ class LoopbackConnection final : public Connection {
   absl::flat_hash_set<RequestId> cancelled_ ABSL_GUARDED_BY(mu_);
 };
 
-class HostRegion final : public MemoryRegion {
- public:
-  HostRegion(void* data, size_t size) : data_(data), size_(size) {}
-  void* data() const override { return data_; }
-  size_t size() const override { return size_; }
-  MemoryKind kind() const override { return MemoryKind::kHost; }
-
- private:
-  void* data_;
-  size_t size_;
-};
-
 class LoopbackTransport final : public Transport {
  public:
   LoopbackTransport() {
@@ -181,7 +169,7 @@ class LoopbackTransport final : public Transport {
   }
 
   Capabilities capabilities() const override {
-    return Capabilities{"loopback", false, false, kMaxPayloadBytes, kMaxFrameHeaderBytes};
+    return Capabilities{"loopback", false, false, false, kMaxPayloadBytes, kMaxFrameHeaderBytes};
   }
 
   std::string LocalAddress() const override { return absl::StrCat(kAddressPrefix, core_->id()); }
@@ -211,7 +199,7 @@ class LoopbackTransport final : public Transport {
     if (kind != MemoryKind::kHost) {
       return absl::InvalidArgumentError("loopback transport registers host memory only");
     }
-    return std::make_unique<HostRegion>(data, bytes);
+    return MakeUnregisteredRegion(data, bytes, MemoryKind::kHost);
   }
 
   void SetAcceptor(Acceptor acceptor) override { core_->inbox().SetAcceptor(std::move(acceptor)); }

@@ -1,5 +1,7 @@
 #include "kvwire/transport/transport.h"
 
+#include <memory>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
@@ -15,6 +17,28 @@ absl::Status Connection::Send(const FrameInfo& info, absl::Span<const uint8_t> f
     op->reset();
   }
   return status;
+}
+
+namespace {
+
+class UnregisteredRegion final : public MemoryRegion {
+ public:
+  UnregisteredRegion(void* data, size_t size, MemoryKind kind)
+      : data_(data), size_(size), kind_(kind) {}
+  void* data() const override { return data_; }
+  size_t size() const override { return size_; }
+  MemoryKind kind() const override { return kind_; }
+
+ private:
+  void* data_;
+  size_t size_;
+  MemoryKind kind_;
+};
+
+}  // namespace
+
+std::unique_ptr<MemoryRegion> MakeUnregisteredRegion(void* data, size_t bytes, MemoryKind kind) {
+  return std::make_unique<UnregisteredRegion>(data, bytes, kind);
 }
 
 std::string AddressToHex(absl::string_view address) { return absl::BytesToHexString(address); }

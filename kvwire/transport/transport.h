@@ -69,6 +69,7 @@ enum class MemoryKind { kHost, kCuda };
 struct Capabilities {
   std::string name;                  // "loopback", "ucx", "nccl".
   bool supports_gpu_memory = false;  // Payloads and destinations may be CUDA device memory.
+  bool gpu_memory_staged = false;    // ... copied through pinned host memory on each side.
   bool zero_copy_receive = false;    // Large payloads land in the destination with no copy.
   uint64_t max_payload_bytes = 0;
   size_t max_frame_header_bytes = kMaxFrameHeaderBytes;
@@ -86,6 +87,10 @@ class MemoryRegion {
   virtual size_t size() const = 0;
   virtual MemoryKind kind() const = 0;
 };
+
+// A region that records its range and registers nothing, for transports (or memory kinds) that
+// need no registration.
+std::unique_ptr<MemoryRegion> MakeUnregisteredRegion(void* data, size_t bytes, MemoryKind kind);
 
 // Where an accepted payload goes: `buffer` (at least FrameInfo::payload_bytes bytes, of kind
 // `kind`), optionally inside a region registered with this transport.

@@ -216,7 +216,7 @@ class NcclTransport final : public InboxTransport {
   ~NcclTransport() override;
 
   Capabilities capabilities() const override {
-    return Capabilities{"nccl", true, true, kMaxPayloadBytes, kMaxFrameHeaderBytes};
+    return Capabilities{"nccl", true, false, true, kMaxPayloadBytes, kMaxFrameHeaderBytes};
   }
   std::string LocalAddress() const override;
   absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::string_view peer_address,
@@ -503,20 +503,8 @@ absl::Status NcclTransport::ReceiveOne(bool* bye) {
 absl::StatusOr<std::unique_ptr<MemoryRegion>> NcclTransport::RegisterMemory(void* data,
                                                                             size_t bytes,
                                                                             MemoryKind kind) {
-  class PlainRegion final : public MemoryRegion {
-   public:
-    PlainRegion(void* d, size_t n, MemoryKind k) : data_(d), size_(n), kind_(k) {}
-    void* data() const override { return data_; }
-    size_t size() const override { return size_; }
-    MemoryKind kind() const override { return kind_; }
-
-   private:
-    void* data_;
-    size_t size_;
-    MemoryKind kind_;
-  };
   // NCCL needs no registration for point-to-point buffers; the region only records the range.
-  return std::make_unique<PlainRegion>(data, bytes, kind);
+  return MakeUnregisteredRegion(data, bytes, kind);
 }
 
 NcclTransport::~NcclTransport() {

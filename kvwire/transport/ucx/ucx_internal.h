@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,7 @@
 #include "kvwire/base/status.h"
 #include "kvwire/transport/inbox.h"
 #include "kvwire/transport/send_state.h"
+#include "kvwire/transport/staging_pool.h"
 #include "kvwire/transport/ucx/ucx_handles.h"
 #include "kvwire/transport/ucx/ucx_status.h"
 #include "kvwire/transport/ucx/ucx_transport.h"
@@ -87,6 +89,8 @@ struct SendOp {
   size_t payload_bytes = 0;
   MemoryKind kind = MemoryKind::kHost;
   ucp_mem_h memh = nullptr;  // set when the payload lies in a registered region
+  // The pinned copy of a device payload (UcxTransport staging); `payload` points into it.
+  std::optional<StagingPool::Lease> staging;
   std::shared_ptr<ConnState> conn;
   SendCompletion completion;
   // Worker only (under UcxTransport::worker_mu_):
@@ -120,7 +124,8 @@ struct Peer {
   ucp_ep_h ep = nullptr;
 };
 
-// One rendezvous payload being pulled into its destination.
+// One payload being received: pulled by rendezvous (or copied eagerly) into `dest`. A staged
+// receive lands in `staging` first and is copied to `device_dest` when it is complete.
 struct RecvOp {
   UcxTransport* owner = nullptr;
   uint64_t peer = 0;
@@ -128,6 +133,8 @@ struct RecvOp {
   FrameInfo info;
   std::string frame_header;
   absl::Span<uint8_t> dest;
+  std::optional<StagingPool::Lease> staging;
+  absl::Span<uint8_t> device_dest;
 };
 
 // Registered ranges, so that a send from registered memory hands UCX its memory handle (UCX
@@ -203,6 +210,12 @@ class UcxTransport final : public InboxTransport {
   absl::StatusOr<std::unique_ptr<MemoryRegion>> RegisterMemory(void* data, size_t bytes,
                                                                MemoryKind kind) override;
 
+  // Staging of device payloads (see ucx_transport.h); nullptr when UCX handles device memory
+  // itself or no DeviceCopier was given.
+  StagingPool* staging() const { return staging_.get(); }
+  // A pinned copy of `bytes` bytes of device memory at `device`, for a send.
+  absl::StatusOr<StagingPool::Lease> StageOutgoing(const void* device, size_t bytes);
+
   // Runs `fn` on the progress thread.
   void Post(std::function<void()> fn);
   absl::StatusOr<std::shared_ptr<SendOp>> StartSendOp(const std::shared_ptr<ConnState>& conn,
@@ -260,6 +273,7 @@ class UcxTransport final : public InboxTransport {
                            const ucp_am_recv_param_t* param);
   void StartRecv(RecvOp* rx, void* data_desc, const Destination& dest);
   void FinishRecv(RecvOp* rx, ucs_status_t status);
+  void FinishRecv(RecvOp* rx, absl::Status status);
   void LocalDone(SendOp* op, ucs_status_t status);
   void MaybeFinish(SendOp* op);
   void ConnFailed(ConnState* conn, absl::Status why, bool force);
@@ -277,6 +291,9 @@ class UcxTransport final : public InboxTransport {
   absl::Duration busy_poll_;
   absl::Duration drive_window_;
   std::shared_ptr<RegionTable> regions_ = std::make_shared<RegionTable>();
+  // Destroyed before context_ (its blocks are registered with it); see ~UcxTransport.
+  std::unique_ptr<StagingPool> staging_;
+  absl::Duration staging_copy_timeout_;
   // Whoever runs UCX (the progress thread or a driving waiter) holds worker_mu_; everything
   // marked "worker only" is touched only under it.
   absl::Mutex worker_mu_;

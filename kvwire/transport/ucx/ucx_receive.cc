@@ -105,7 +105,27 @@ ucs_status_t UcxTransport::HandleFrame(absl::Span<const uint8_t> message, void* 
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   KVWIRE_LOG(DEBUG) << "frame of " << length << " bytes arrived "
                     << (rndv ? "by rendezvous" : "eagerly");
-  if (rndv) {
+  if (dest->kind == MemoryKind::kCuda && staging_ != nullptr) {
+    // Into device memory through a pinned host block; FinishRecv copies it to the device.
+    rx->device_dest = rx->dest;
+    if (length > 0) {
+      absl::StatusOr<StagingPool::Lease> lease = staging_->Acquire(length);
+      if (!lease.ok()) {
+        FinishRecv(rx, lease.status());
+        return UCS_OK;  // For a rendezvous payload this releases it.
+      }
+      rx->staging = std::move(*lease);
+      rx->dest = absl::Span<uint8_t>(rx->staging->data(), length);
+    }
+    const Destination host{rx->dest, MemoryKind::kHost,
+                           rx->staging ? rx->staging->region() : nullptr};
+    if (rndv) {
+      StartRecv(rx, data, host);
+    } else {
+      if (length > 0) std::memcpy(rx->dest.data(), data, length);
+      FinishRecv(rx, UCS_OK);
+    }
+  } else if (rndv) {
     StartRecv(rx, data, *dest);
   } else if (dest->kind == MemoryKind::kCuda) {
     FinishRecv(rx, UCS_ERR_UNSUPPORTED);  // Eager bytes cannot be memcpy'd into device memory.
@@ -142,21 +162,43 @@ void UcxTransport::OnRecvDone(void* request, ucs_status_t status, size_t, void* 
 }
 
 void UcxTransport::FinishRecv(RecvOp* rx, ucs_status_t status) {
+  FinishRecv(rx, status == UCS_OK ? absl::OkStatus() : FromUcs(status, "receiving a payload"));
+}
+
+void UcxTransport::FinishRecv(RecvOp* rx, absl::Status status) {
   std::unique_ptr<RecvOp> owned(rx);
-  if (status == UCS_OK) {
+  if (status.ok() && rx->staging.has_value()) {
+    // A staged receive: the bytes are in pinned host memory; move them to the device. This runs
+    // on the progress thread, which pauses other transfers for the copy (~0.1 ms per 2.5 MB at
+    // the 25 GB/s of a PCIe 4 x16 link).
+    status = staging_->copier().ToDevice(rx->device_dest.data(), rx->dest.data(),
+                                         rx->dest.size(), Deadline::In(staging_copy_timeout_));
+    if (absl::IsDeadlineExceeded(status)) rx->staging->Quarantine();
+    if (!status.ok()) {
+      status = absl::Status(status.code(), absl::StrCat("copying a received payload of ",
+                                                        rx->dest.size(), " bytes to the device: ",
+                                                        status.message()));
+    }
+  }
+  if (!rx->device_dest.empty() || rx->staging.has_value()) rx->dest = rx->device_dest;
+  rx->staging.reset();
+  if (status.ok()) {
     SendReply(rx->peer, rx->send_id, absl::OkStatus());
     inbox().Complete(rx->peer, ReceivedFrame{rx->info, std::move(rx->frame_header), rx->dest});
     return;
   }
-  absl::Status failed = FromUcs(status, "receiving a payload");
-  SendReply(rx->peer, rx->send_id, failed);
-  inbox().Fail(rx->peer, rx->info.request_id, std::move(failed));
+  SendReply(rx->peer, rx->send_id, status);
+  inbox().Fail(rx->peer, rx->info.request_id, std::move(status));
 }
 
 absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxTransport::RegisterMemory(void* data, size_t bytes,
                                                                            MemoryKind kind) {
   if (kind == MemoryKind::kCuda && !caps_.supports_gpu_memory) {
     return absl::InvalidArgumentError("this UCX build has no CUDA memory support");
+  }
+  if (kind == MemoryKind::kCuda && caps_.gpu_memory_staged) {
+    // UCX never sees this memory (transfers are staged), so there is nothing to register.
+    return MakeUnregisteredRegion(data, bytes, MemoryKind::kCuda);
   }
   ucp_mem_map_params_t params{};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |

@@ -50,8 +50,33 @@ absl::Status UcxTransport::Init(const UcxOptions& options) {
   KVWIRE_RETURN_IF_ERROR(InitContext(options));
   KVWIRE_RETURN_IF_ERROR(InitWorker());
   KVWIRE_RETURN_IF_ERROR(InitWakeup());
+  staging_copy_timeout_ = options.staging_copy_timeout;
+  if (options.device_copier != nullptr && !caps_.supports_gpu_memory) {
+    StagingPool::Options pool;
+    pool.limit_bytes = options.staging_limit_bytes;
+    pool.keep_bytes = options.staging_keep_bytes;
+    pool.register_block = [this](void* data, size_t bytes) {
+      return RegisterMemory(data, bytes, MemoryKind::kHost);
+    };
+    staging_ = std::make_unique<StagingPool>(options.device_copier, std::move(pool));
+    caps_.supports_gpu_memory = true;
+    caps_.gpu_memory_staged = true;
+  }
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
+}
+
+absl::StatusOr<StagingPool::Lease> UcxTransport::StageOutgoing(const void* device, size_t bytes) {
+  KVWIRE_ASSIGN_OR_RETURN(StagingPool::Lease lease, staging_->Acquire(bytes));
+  absl::Status copied = staging_->copier().ToHost(lease.data(), device, bytes,
+                                                  Deadline::In(staging_copy_timeout_));
+  if (absl::IsDeadlineExceeded(copied)) lease.Quarantine();  // The copy may still land there.
+  if (!copied.ok()) {
+    return absl::Status(copied.code(),
+                        absl::StrCat("staging a device payload of ", bytes,
+                                     " bytes to pinned host memory: ", copied.message()));
+  }
+  return lease;
 }
 
 absl::Status UcxTransport::InitContext(const UcxOptions& options) {
@@ -284,6 +309,7 @@ UcxTransport::~UcxTransport() {
     Post([] {});
     thread_.join();
   }
+  staging_.reset();  // Deregisters its blocks while the UCP context still exists.
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,10 +429,20 @@ class UcxConnection final : public Connection {
     if (kind == MemoryKind::kCuda && !caps.supports_gpu_memory) {
       return absl::InvalidArgumentError("this UCX build has no CUDA memory support");
     }
+    // A device payload through a UCX without CUDA support crosses in a pinned host copy.
+    std::optional<StagingPool::Lease> staged;
+    if (kind == MemoryKind::kCuda && caps.gpu_memory_staged) {
+      if (!payload.empty()) {
+        KVWIRE_ASSIGN_OR_RETURN(staged, conn_->owner->StageOutgoing(payload.data(), payload.size()));
+        payload = absl::Span<const uint8_t>(staged->data(), payload.size());
+      }
+      kind = MemoryKind::kHost;
+    }
     const uint64_t send_id = conn_->next_send_id++;
     TransportHeader header{conn_->id, send_id, info, static_cast<uint32_t>(frame_header.size())};
     auto encoded = EncodeTransportHeader(header);
-    return Start(encoded, frame_header, payload, kind, send_id, info.request_id);
+    return Start(encoded, frame_header, payload, kind, send_id, info.request_id,
+                 std::move(staged));
   }
 
   void Cancel(RequestId request_id) override {
@@ -424,7 +460,7 @@ class UcxConnection final : public Connection {
       absl::Span<const uint8_t> transport_header, absl::Span<const uint8_t> frame_header,
       absl::Span<const uint8_t> payload) override {
     return Start(transport_header, frame_header, payload, MemoryKind::kHost, conn_->next_send_id++,
-                 0);
+                 0, std::nullopt);
   }
 
  private:
@@ -432,8 +468,10 @@ class UcxConnection final : public Connection {
                                                        absl::Span<const uint8_t> frame_header,
                                                        absl::Span<const uint8_t> payload,
                                                        MemoryKind kind, uint64_t send_id,
-                                                       RequestId request_id) {
+                                                       RequestId request_id,
+                                                       std::optional<StagingPool::Lease> staged) {
     auto op = std::make_shared<SendOp>();
+    op->staging = std::move(staged);
     op->send_id = send_id;
     op->request_id = request_id;
     std::string envelope;
@@ -553,6 +591,7 @@ void UcxTransport::LocalDone(SendOp* op, ucs_status_t status) {
   std::shared_ptr<SendOp> keep = std::move(op->self_ref);
   op->request.reset();
   op->local_done = true;
+  op->staging.reset();  // UCX is done with the payload: its pinned block goes back to the pool.
   if (status != UCS_OK) {
     if (op->status.ok()) op->status = FromUcs(status, "sending a frame");
     op->reply_done = true;  // A frame that did not leave gets no reply.

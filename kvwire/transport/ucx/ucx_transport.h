@@ -21,6 +21,13 @@
 // of idleness costs ~35-95 µs (TCP) and ~50-75 µs (shared memory) against ~13-20 µs / ~6 µs while
 // busy.
 //
+// Device memory: payloads and destinations of MemoryKind::kCuda go straight through UCX when UCX
+// was built with CUDA support. Otherwise, given UcxOptions::device_copier, they are staged through
+// pinned host blocks (staging_pool.h): a send copies the payload to a block inside StartSend (so
+// the caller's device buffer is free again when StartSend returns), a receive lands in a block
+// and is copied to its device destination on the progress thread before the frame completes.
+// Capabilities::gpu_memory_staged says which. Without either, kCuda is INVALID_ARGUMENT.
+//
 // Thread-safety: as the Transport interface. This header is UCX-free.
 #ifndef KVWIRE_TRANSPORT_UCX_UCX_TRANSPORT_H_
 #define KVWIRE_TRANSPORT_UCX_UCX_TRANSPORT_H_
@@ -32,6 +39,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kvwire/base/device_copier.h"
 #include "kvwire/transport/transport.h"
 
 namespace kvwire::transport {
@@ -52,6 +60,15 @@ struct UcxOptions {
   // (4 KiB round trip ~4.3 -> ~2.5 us here), but over TCP UCX 1.13 only noticed the reply once
   // the progress thread polled again (~118 us), so it is off by default.
   absl::Duration drive_window = absl::ZeroDuration();
+  // Carries kCuda payloads through pinned host memory when UCX cannot touch device memory itself
+  // (the Debian UCX packages, for one). Unused when UCX has CUDA support.
+  std::shared_ptr<DeviceCopier> device_copier;
+  // Pinned bytes leased for staging at once; a transfer past it fails with RESOURCE_EXHAUSTED.
+  size_t staging_limit_bytes = size_t{1} << 30;
+  // Idle pinned bytes kept for reuse.
+  size_t staging_keep_bytes = size_t{256} << 20;
+  // Longest a staging copy may take before its transfer fails with DEADLINE_EXCEEDED.
+  absl::Duration staging_copy_timeout = absl::Seconds(30);
 };
 
 // INVALID_ARGUMENT for a UCX setting UCX does not know; UCX initialisation errors via FromUcs.
