@@ -13,7 +13,10 @@
 //     as a fraction of the copy's (--skip-compress leaves it out);
 //   * the model runtime (bench/gpu_runtime.h): prefill and decode tokens/s of GpuRunner for SmolLM2
 //     (--model, else $KVWIRE_MODEL or the default cache path when present) and a random-weight
-//     Llama-3-8B-shaped model (--skip-llama leaves it out).
+//     Llama-3-8B-shaped model (--skip-llama leaves it out);
+//   * GPU-resident KV between two UCX transports (bench/gpu_transfer.h): device -> device payloads
+//     beside host -> host over the same transport, and the pinned copies staging spends
+//     (--skip-transfer leaves it out).
 // Copy and kernel bandwidths count bytes read plus bytes written. Writes JSON (--out) and prints
 // one summary line last. Exits 69 when there is no CUDA device.
 #include <cmath>
@@ -36,6 +39,7 @@
 #include "bench/command.h"
 #include "bench/gpu_compress.h"
 #include "bench/gpu_runtime.h"
+#include "bench/gpu_transfer.h"
 #include "bench/stats.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/compress.h"
@@ -62,6 +66,7 @@ struct GpuOptions {
   int repeats = 20;
   bool peer = true;
   bool compress = true;
+  bool transfer = true;
   std::string python;
   GpuRuntimeOptions runtime;
 };
@@ -341,7 +346,7 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
                const std::vector<BandwidthRow>& bw, const std::vector<AttentionRow>& attn,
                const std::vector<std::pair<std::string, double>>& times,
                const std::string& peer_note, const GpuCompressResult& compress,
-               const GpuRuntimeResult& runtime) {
+               const GpuRuntimeResult& runtime, const GpuTransferResult* transfer) {
   std::ofstream out(o.out);
   out << "{\n  \"device\": \"" << dev.name << "\", \"compute_capability\": \"" << dev.major << "."
       << dev.minor << "\", \"sm_count\": " << dev.sm_count << ", \"repeats\": " << o.repeats
@@ -374,7 +379,8 @@ void WriteJson(const GpuOptions& o, const kc::DeviceProperties& dev, double copy
   out << "},\n  \"sdpa_peer\": \"" << (peer_note.empty() ? "ok" : peer_note)
       << "\",\n  \"compress_note\": \"" << compress.note
       << "\",\n  \"compress\": " << GpuCompressJson(compress, copy_gbps)
-      << ",\n  \"runtime\": " << GpuRuntimeJson(runtime) << "\n}\n";
+      << ",\n  \"runtime\": " << GpuRuntimeJson(runtime)
+      << ",\n  \"transfer\": " << (transfer ? GpuTransferJson(*transfer) : "null") << "\n}\n";
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseCaches(const std::string& text) {
@@ -439,7 +445,13 @@ absl::Status Run(const GpuOptions& o) {
   }
   KVWIRE_ASSIGN_OR_RETURN(const GpuRuntimeResult runtime, MeasureGpuRuntime(o.runtime));
   PrintGpuRuntime(runtime);
-  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note, compress, runtime);
+  GpuTransferResult transfer;
+  if (o.transfer) {
+    KVWIRE_ASSIGN_OR_RETURN(transfer, MeasureGpuTransfer({.repeats = o.repeats}));
+    PrintGpuTransfer(transfer);
+  }
+  WriteJson(o, ctx->properties(), copy_gbps, bw, attn, times, peer_note, compress, runtime,
+            o.transfer ? &transfer : nullptr);
   Summarize(ctx->properties(), copy_gbps, bw, attn);
   return absl::OkStatus();
 }
@@ -453,6 +465,8 @@ void SetupGpu(CLI::App& sub, std::function<int()>* run) {
   sub.add_flag("!--no-peer", o->peer, "skip the torch SDPA comparison");
   sub.add_flag("!--skip-compress", o->compress,
                "leave out the device compressor against the CPU compressor");
+  sub.add_flag("!--skip-transfer", o->transfer,
+               "leave out GPU-resident payloads over UCX against host payloads");
   sub.add_option("--model", o->runtime.model,
                  "SmolLM2 GGUF for the runtime figures (default $KVWIRE_MODEL or the cache)");
   sub.add_flag("!--skip-llama", o->runtime.llama,
