@@ -6,8 +6,8 @@
 //
 // Every copy first checks that the device range lies inside one allocation of this copier's
 // device (cuMemGetAddressRange, reached through the runtime so nothing links the driver library):
-// a host pointer, another device's memory or a range past its allocation is INVALID_ARGUMENT and
-// nothing is copied. Copies run one at a time on the copier's stream and are polled to their
+// a host pointer, another device's memory or a range past its allocation (as far as the driver
+// records it, which may round the size up) is INVALID_ARGUMENT and nothing is copied. Copies run one at a time on the copier's stream and are polled to their
 // deadline. The device is made current on the calling thread for each call.
 #ifndef KVWIRE_KERNELS_CUDA_DEVICE_COPIER_H_
 #define KVWIRE_KERNELS_CUDA_DEVICE_COPIER_H_

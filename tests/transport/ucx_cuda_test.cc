@@ -65,8 +65,10 @@ TEST(CudaCopier, CopiesBothWaysAndRefusesWhatIsNotItsDeviceMemory) {
   std::vector<uint8_t> pageable(16);
   EXPECT_EQ((*copier)->ToDevice(pageable.data(), host, 16, Soon()).code(),
             absl::StatusCode::kInvalidArgument);
+  // Far past the end, beyond any rounding of the allocation's size by the driver.
+  std::vector<uint8_t> big(kBytes + (size_t{64} << 20));
   absl::Status past_end =
-      (*copier)->ToHost(back.data(), device->as<uint8_t>() + 8, kBytes, Soon());
+      (*copier)->ToHost(big.data(), device->as<uint8_t>() + 8, big.size(), Soon());
   EXPECT_EQ(past_end.code(), absl::StatusCode::kInvalidArgument) << past_end;
   EXPECT_TRUE((*copier)->ToHost(back.data(), host, 0, Soon()).ok());  // zero bytes: nothing
   // The device is still healthy after the refusals.
