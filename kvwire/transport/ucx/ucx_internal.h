@@ -210,9 +210,6 @@ class UcxTransport final : public InboxTransport {
   absl::StatusOr<std::unique_ptr<MemoryRegion>> RegisterMemory(void* data, size_t bytes,
                                                                MemoryKind kind) override;
 
-  // Staging of device payloads (see ucx_transport.h); nullptr when UCX handles device memory
-  // itself or no DeviceCopier was given.
-  StagingPool* staging() const { return staging_.get(); }
   // A pinned copy of `bytes` bytes of device memory at `device`, for a send.
   absl::StatusOr<StagingPool::Lease> StageOutgoing(const void* device, size_t bytes);
 
@@ -291,7 +288,8 @@ class UcxTransport final : public InboxTransport {
   absl::Duration busy_poll_;
   absl::Duration drive_window_;
   std::shared_ptr<RegionTable> regions_ = std::make_shared<RegionTable>();
-  // Destroyed before context_ (its blocks are registered with it); see ~UcxTransport.
+  // Staging of device payloads (see ucx_transport.h); null when UCX handles device memory itself
+  // or no DeviceCopier was given. Destroyed before context_, with which its blocks are registered.
   std::unique_ptr<StagingPool> staging_;
   absl::Duration staging_copy_timeout_;
   // Whoever runs UCX (the progress thread or a driving waiter) holds worker_mu_; everything

@@ -180,7 +180,7 @@ void UcxTransport::FinishRecv(RecvOp* rx, absl::Status status) {
                                                         status.message()));
     }
   }
-  if (!rx->device_dest.empty() || rx->staging.has_value()) rx->dest = rx->device_dest;
+  if (rx->staging.has_value()) rx->dest = rx->device_dest;
   rx->staging.reset();
   if (status.ok()) {
     SendReply(rx->peer, rx->send_id, absl::OkStatus());
