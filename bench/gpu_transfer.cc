@@ -31,13 +31,11 @@ Deadline Soon() { return Deadline::In(absl::Seconds(60)); }
 
 double Gbps(uint64_t bytes, double ms) { return bytes / ms / 1e6; }
 
-// A sender and a receiver transport, and the receiver's one destination (of `kind`), reused by
-// every frame of a row since frames go one at a time.
+// A receiver and a sender transport, and the sender's connection to the receiver.
 struct Pair {
   std::unique_ptr<transport::Transport> receiver;
   std::unique_ptr<transport::Transport> sender;
   std::unique_ptr<transport::Connection> conn;
-  Destination dest;
 };
 
 absl::StatusOr<Pair> MakePair(std::shared_ptr<DeviceCopier> copier) {

@@ -39,10 +39,12 @@ size_t StagingPool::BlockBytes(size_t bytes) {
 }
 
 StagingPool::StagingPool(std::shared_ptr<DeviceCopier> copier, Options options)
-    : copier_(std::move(copier)), state_(std::make_shared<State>()) {
-  state_->copier = copier_;
+    : state_(std::make_shared<State>()) {
+  state_->copier = std::move(copier);
   state_->options = std::move(options);
 }
+
+DeviceCopier& StagingPool::copier() const { return *state_->copier; }
 
 StagingPool::~StagingPool() {
   std::vector<std::unique_ptr<Block>> to_free;

@@ -92,7 +92,7 @@ class StagingPool {
   // INVALID_ARGUMENT for zero bytes.
   absl::StatusOr<Lease> Acquire(size_t bytes);
 
-  DeviceCopier& copier() const { return *copier_; }
+  DeviceCopier& copier() const;
   Stats stats() const;
 
   // The size class of `bytes`: the next power of two, at least kMinBlockBytes.
@@ -100,7 +100,6 @@ class StagingPool {
   static constexpr size_t kMinBlockBytes = size_t{64} << 10;
 
  private:
-  std::shared_ptr<DeviceCopier> copier_;
   std::shared_ptr<State> state_;
 };
 
