@@ -71,7 +71,7 @@ absl::StatusOr<GpuTransferResult> MeasureGpuTransfer(const GpuTransferOptions& o
   KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<kc::Context> ctx, kc::Context::Create(o.device));
   const uint64_t largest = *std::max_element(o.sizes.begin(), o.sizes.end());
 
-  // The receiver's destinations: one device and one host buffer of the largest size.
+  // A source and a destination on each side, of the largest size, reused by every frame.
   KVWIRE_ASSIGN_OR_RETURN(kc::DeviceBuffer device_source, kc::DeviceBuffer::Allocate(largest));
   KVWIRE_ASSIGN_OR_RETURN(kc::DeviceBuffer device_dest, kc::DeviceBuffer::Allocate(largest));
   std::vector<uint8_t> host_source(largest), host_dest(largest);

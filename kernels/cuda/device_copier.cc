@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -22,16 +21,8 @@ using GetAddressRange = CUresult (*)(CUdeviceptr* base, size_t* size, CUdevicept
 class CudaCopier final : public DeviceCopier {
  public:
   static absl::StatusOr<std::shared_ptr<DeviceCopier>> Create(int device) {
-    KVWIRE_RETURN_IF_ERROR(ProbeDevice());
-    int count = 0;
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
-    if (device < 0 || device >= count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("CUDA device ", device, " requested, ", count, " present"));
-    }
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device), "cudaSetDevice"));
-    cudaDeviceProp prop{};
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"));
+    // The context checks the device and owns the copier's stream.
+    KVWIRE_ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(device));
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
     KVWIRE_RETURN_IF_ERROR(FromCuda(
@@ -41,26 +32,17 @@ class CudaCopier final : public DeviceCopier {
     if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
       return absl::UnavailableError("the CUDA driver has no cuMemGetAddressRange");
     }
-    cudaStream_t stream = nullptr;
-    KVWIRE_RETURN_IF_ERROR(
-        FromCuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate"));
-    return std::shared_ptr<DeviceCopier>(new CudaCopier(
-        device, absl::StrCat("cuda:", device, " ", prop.name), stream,
-        reinterpret_cast<GetAddressRange>(fn)));
+    return std::shared_ptr<DeviceCopier>(
+        new CudaCopier(std::move(ctx), reinterpret_cast<GetAddressRange>(fn)));
   }
 
-  ~CudaCopier() override {
-    cudaSetDevice(device_);
-    if (cudaError_t e = cudaStreamDestroy(stream_); e != cudaSuccess) {
-      KVWIRE_LOG(WARNING) << "cudaStreamDestroy: " << cudaGetErrorString(e);
-    }
+  std::string description() const override {
+    return absl::StrCat("cuda:", ordinal(), " ", ctx_->properties().name);
   }
-
-  std::string description() const override { return description_; }
 
   absl::StatusOr<void*> AllocatePinned(size_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("pinning zero bytes");
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaSetDevice(ordinal()), "cudaSetDevice"));
     void* host = nullptr;
     absl::Status s = FromCuda(cudaHostAlloc(&host, bytes, cudaHostAllocPortable),
                               absl::StrCat("cudaHostAlloc(", bytes, " bytes)"));
@@ -88,10 +70,12 @@ class CudaCopier final : public DeviceCopier {
   }
 
  private:
-  CudaCopier(int device, std::string description, cudaStream_t stream, GetAddressRange range)
-      : device_(device), description_(std::move(description)), stream_(stream), range_(range) {}
+  CudaCopier(std::unique_ptr<Context> ctx, GetAddressRange range)
+      : ctx_(std::move(ctx)), range_(range) {}
 
-  // INVALID_ARGUMENT unless [device, device + bytes) lies in one allocation of device_.
+  int ordinal() const { return ctx_->properties().ordinal; }
+
+  // INVALID_ARGUMENT unless [device, device + bytes) lies in one allocation of this device.
   absl::Status CheckDeviceRange(const void* device, size_t bytes) const {
     cudaPointerAttributes attr{};
     if (cudaError_t e = cudaPointerGetAttributes(&attr, device); e != cudaSuccess) {
@@ -102,10 +86,10 @@ class CudaCopier final : public DeviceCopier {
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
       return absl::InvalidArgumentError("a kCuda payload that is not device memory");
     }
-    if (attr.device != device_) {
+    if (attr.device != ordinal()) {
       return absl::InvalidArgumentError(
           absl::StrCat("memory of CUDA device ", attr.device, " given to the copier of device ",
-                       device_));
+                       ordinal()));
     }
     CUdeviceptr base = 0;
     size_t size = 0;
@@ -124,28 +108,18 @@ class CudaCopier final : public DeviceCopier {
                     cudaMemcpyKind kind, Deadline deadline) {
     if (bytes == 0) return absl::OkStatus();
     absl::MutexLock lock(&mu_);
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaSetDevice(device_), "cudaSetDevice"));
+    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaSetDevice(ordinal()), "cudaSetDevice"));
     KVWIRE_RETURN_IF_ERROR(CheckDeviceRange(device, bytes));
-    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(dst, src, bytes, kind, stream_),
+    KVWIRE_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(dst, src, bytes, kind, ctx_->stream()),
                                     kind == cudaMemcpyDeviceToHost
                                         ? "cudaMemcpyAsync(device to host)"
                                         : "cudaMemcpyAsync(host to device)"));
-    while (true) {
-      const cudaError_t e = cudaStreamQuery(stream_);
-      if (e != cudaErrorNotReady) return FromCuda(e, "cudaStreamQuery(staging copy)");
-      if (deadline.Expired()) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("a staging copy of ", bytes, " bytes did not finish in time"));
-      }
-      std::this_thread::yield();
-    }
+    return ctx_->Synchronize(deadline.Remaining());
   }
 
-  const int device_;
-  const std::string description_;
-  cudaStream_t stream_;
+  const std::unique_ptr<Context> ctx_;
   GetAddressRange range_;
-  absl::Mutex mu_;  // one copy at a time on stream_
+  absl::Mutex mu_;  // one copy at a time on ctx_'s stream
 };
 
 }  // namespace
